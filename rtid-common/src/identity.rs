@@ -1,0 +1,104 @@
+//! Who a process is: the identity attached to each tagged process, and the
+//! per-identity settings the kernel reads when judging its actions.
+
+/// Numeric identity id. 0 is never assigned: it means "no identity".
+pub type IdentityId = u32;
+
+/// Value of `PROCESS_IDENTITY`, keyed by tgid. Threads share their process's entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessIdentity {
+    pub identity: IdentityId,
+    /// How the process came by its identity (`label_source::*`).
+    pub source: u32,
+    /// `start_boottime` of the process in ns: with the tgid, the process key that
+    /// survives pid reuse.
+    pub start_boottime_ns: u64,
+}
+
+/// How a process came by its identity.
+pub mod label_source {
+    /// Labeled from userspace (launcher or `label --pid`).
+    pub const LABEL: u32 = 1;
+    /// Inherited from its parent at fork.
+    pub const INHERITED: u32 = 2;
+    /// Member of a cgroup bound to the identity.
+    pub const CGROUP: u32 = 3;
+    /// Matched an exec selector.
+    pub const SELECTOR: u32 = 4;
+}
+
+/// Key of `IDENTITY_POLICY`. Policy is double-buffered: userspace writes the
+/// inactive slot, then flips `RuntimeState::active_slot`, so a reload swaps in
+/// atomically for every identity at once.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IdentityPolicyKey {
+    pub slot: u32,
+    pub identity: IdentityId,
+}
+
+/// Whether verdicts are enforced or only reported.
+pub mod mode {
+    pub const ENFORCE: u8 = 0;
+    pub const AUDIT: u8 = 1;
+}
+
+/// How much an identity reports.
+pub mod audit_level {
+    /// Every verdict other than a plain allow.
+    pub const DECISIONS: u8 = 0;
+    /// Also allowed opens, connects and sends.
+    pub const ALL: u8 = 1;
+}
+
+/// Value of `IDENTITY_POLICY`: how an identity's actions are judged.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IdentityPolicy {
+    /// Scope of this identity's rules in the rule maps.
+    pub ruleset: u32,
+    /// `mode::*`.
+    pub mode: u8,
+    /// `audit_level::*`.
+    pub audit: u8,
+    /// Verdicts (as `Verdict as u8`) when no rule matches.
+    pub default_file: u8,
+    pub default_network: u8,
+    pub default_exec: u8,
+    /// Verdict for every action once the identity expired or was revoked (Deny or Kill).
+    pub on_expiry: u8,
+    /// What a file `deny` becomes on a backend that cannot refuse opens (Kill or Flag).
+    pub file_deny_fallback: u8,
+    pub _pad: u8,
+}
+
+/// Value of `IDENTITY_STATUS`, keyed by identity id. Kept apart from the
+/// double-buffered policy so expiry and revocation survive reloads and take
+/// effect with one map write.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IdentityStatus {
+    /// `bpf_ktime_get_boot_ns` time after which the identity has expired; 0: never.
+    pub expires_at_ns: u64,
+    /// Non-zero: revoked, every action gets `IdentityPolicy::on_expiry`.
+    pub revoked: u32,
+    pub _pad: u32,
+}
+
+/// Value of the single-entry `RUNTIME_STATE` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuntimeState {
+    /// Which `IdentityPolicyKey::slot` is in force (0 or 1).
+    pub active_slot: u32,
+    /// Policy generation, reported in events.
+    pub generation: u32,
+    /// Non-zero when `CGROUP_IDENTITY` has entries: untagged forks and execs
+    /// only search the cgroup hierarchy then.
+    pub cgroup_bindings: u32,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+crate::impl_pod!(ProcessIdentity, IdentityPolicyKey, IdentityPolicy, IdentityStatus, RuntimeState);

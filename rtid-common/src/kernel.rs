@@ -1,0 +1,86 @@
+//! Load-time constants and counters shared with the kernel programs.
+
+/// Byte offsets of the kernel struct members the programs read, taken from the
+/// running kernel's BTF at load time and written into the object's `.rodata`
+/// (the verifier then sees them as constants). No offset is compiled in, so one
+/// binary runs on every kernel that has BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    pub task_real_parent: u32,
+    pub task_group_leader: u32,
+    pub task_start_boottime: u32,
+    pub task_files: u32,
+    pub task_signal: u32,
+    pub signal_live: u32,
+    pub files_fdt: u32,
+    pub fdtable_fd: u32,
+    pub fdtable_max_fds: u32,
+    pub file_f_path: u32,
+    pub file_f_mode: u32,
+    pub path_mnt: u32,
+    pub path_dentry: u32,
+    pub dentry_d_parent: u32,
+    pub dentry_d_name: u32,
+    pub qstr_len: u32,
+    pub qstr_name: u32,
+    pub vfsmount_mnt_root: u32,
+    pub mount_mnt: u32,
+    pub mount_mnt_parent: u32,
+    pub mount_mnt_mountpoint: u32,
+    pub binprm_file: u32,
+    pub socket_type: u32,
+    pub msghdr_msg_name: u32,
+    pub msghdr_msg_namelen: u32,
+    /// Non-zero once userspace filled the struct; programs refuse to walk
+    /// kernel memory with an all-zero table.
+    pub valid: u32,
+}
+
+/// `fmode_t` bits read from `struct file::f_mode` (include/linux/fs.h; stable ABI of the VFS).
+pub const FMODE_READ: u32 = 0x1;
+pub const FMODE_WRITE: u32 = 0x2;
+/// Set on the open of a binary by execve; such opens are judged as exec by `bprm_check_security`.
+pub const FMODE_EXEC: u32 = 0x20;
+
+/// Indices into the per-CPU `COUNTERS` array.
+pub mod counter {
+    /// Events dropped because the ring buffer was full.
+    pub const RING_FULL: u32 = 0;
+    /// Hook runs that failed to read kernel memory or a map (judged by default).
+    pub const HOOK_ERROR: u32 = 1;
+    /// Paths longer than the walk depth or buffer: judged on what was resolved.
+    pub const PATH_TRUNCATED: u32 = 2;
+    /// Process table full: a child of a tagged process could not be tagged and was killed.
+    pub const PROCESS_TABLE_FULL: u32 = 3;
+    /// Actions judged (tagged processes only).
+    pub const JUDGED: u32 = 4;
+    pub const COUNT: u32 = 8;
+}
+
+/// Which enforcement each hook family uses, set by userspace after probing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// Non-zero when the LSM programs are attached: the tracepoint
+    /// fallbacks then only observe and leave judgement to LSM.
+    pub lsm_file: u32,
+    pub lsm_exec: u32,
+    pub lsm_net: u32,
+}
+
+#[cfg(feature = "user")]
+crate::impl_pod!(KernelOffsets, BackendConfig);
+
+/// Map capacities: the kernel side sizes its maps with these, the policy
+/// compiler refuses anything that would not fit.
+pub mod limits {
+    pub const MAX_PROCESSES: u32 = 65536;
+    pub const MAX_IDENTITIES: u32 = 4096;
+    pub const MAX_CGROUP_BINDINGS: u32 = 1024;
+    pub const MAX_PATH_ENTRIES: u32 = 65536;
+    pub const MAX_UNIX_ENTRIES: u32 = 4096;
+    pub const MAX_NET_ENTRIES: u32 = 16384;
+}

@@ -1,0 +1,204 @@
+//! Compiled rules as the kernel reads them, and the one function that picks the
+//! rule deciding an action. Userspace (`rtid policy explain`) calls the same
+//! selection code on the same map values, so the two can never disagree.
+//!
+//! Path and address rules live in LPM tries. A trie lookup returns only the
+//! longest matching entry, so userspace compiles every entry to carry the rules
+//! of all shorter entries that cover it too, sorted longest match first and, at
+//! equal length, strictest first. One lookup then yields every candidate and the
+//! first rule that applies to the access is the answer.
+
+use crate::verdict::Verdict;
+
+/// Path bytes in an LPM key: the kernel limits LPM data to 256 bytes, four of
+/// which hold the ruleset. Rule paths longer than this are refused by policy
+/// validation; longer runtime paths are matched on their first (prefix trie) or
+/// last (suffix trie) bytes.
+pub const PATH_KEY_BYTES: usize = 252;
+/// Candidate rules stored with one trie entry (its own and the ones it inherits).
+/// A power of two: scans mask indices with `RULES_PER_ENTRY - 1`.
+pub const RULES_PER_ENTRY: usize = 16;
+/// Bits of an LPM key before the path or address: the ruleset id.
+pub const RULESET_PREFIX_BITS: u32 = 32;
+
+/// LPM data for file, exec and unix-socket path rules: the ruleset, then the path
+/// (forward in the prefix trie, reversed in the suffix trie).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathKey {
+    pub ruleset: u32,
+    pub path: [u8; PATH_KEY_BYTES],
+}
+
+impl PathKey {
+    pub const fn zeroed() -> PathKey {
+        PathKey { ruleset: 0, path: [0; PATH_KEY_BYTES] }
+    }
+}
+
+/// One candidate path rule.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathRule {
+    /// Rule id reported in events; userspace maps it to the policy's name.
+    pub rule_id: u32,
+    /// Path bytes the rule's pattern covers: longer is more specific.
+    pub match_len: u16,
+    /// `access::*` bits this rule applies to.
+    pub access: u8,
+    /// `Verdict as u8`.
+    pub verdict: u8,
+    /// Boot-clock ns after which the rule no longer applies; 0: never.
+    pub expires_at_ns: u64,
+}
+
+/// Value of the path tries: candidates, most specific first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathRuleList {
+    pub count: u32,
+    pub _pad: u32,
+    pub rules: [PathRule; RULES_PER_ENTRY],
+}
+
+impl Default for PathRuleList {
+    fn default() -> Self {
+        PathRuleList { count: 0, _pad: 0, rules: [PathRule::default(); RULES_PER_ENTRY] }
+    }
+}
+
+/// LPM data for network rules: the ruleset, then the IPv6 address (IPv4 as
+/// v4-mapped `::ffff:a.b.c.d`, so one trie serves both families).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetKey {
+    pub ruleset: u32,
+    pub addr: [u8; 16],
+}
+
+/// One candidate network rule.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetRule {
+    pub rule_id: u32,
+    /// Inclusive port range, host byte order. 0..=65535 for any port.
+    pub port_low: u16,
+    pub port_high: u16,
+    /// Prefix length of the rule's CIDR in the v6 address space (v4 rules are 96 + len).
+    pub prefix_len: u8,
+    /// `protocol::*` bits.
+    pub protocols: u8,
+    /// `Verdict as u8`.
+    pub verdict: u8,
+    pub _pad: u8,
+    pub _pad2: u32,
+    /// Boot-clock ns after which the rule no longer applies; 0: never.
+    pub expires_at_ns: u64,
+}
+
+/// Value of the network trie: candidates, most specific first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetRuleList {
+    pub count: u32,
+    pub _pad: u32,
+    pub rules: [NetRule; RULES_PER_ENTRY],
+}
+
+impl Default for NetRuleList {
+    fn default() -> Self {
+        NetRuleList { count: 0, _pad: 0, rules: [NetRule::default(); RULES_PER_ENTRY] }
+    }
+}
+
+/// The rule that decided, as reported in events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleMatch {
+    pub rule_id: u32,
+    pub match_len: u16,
+    pub verdict: Verdict,
+}
+
+impl RuleMatch {
+    /// Longest match wins; at equal length the stricter verdict wins.
+    #[inline(always)]
+    pub fn beats(&self, other: &RuleMatch) -> bool {
+        self.match_len > other.match_len
+            || (self.match_len == other.match_len && self.verdict > other.verdict)
+    }
+}
+
+#[inline(always)]
+fn rule_live(expires_at_ns: u64, now_ns: u64) -> bool {
+    expires_at_ns == 0 || now_ns < expires_at_ns
+}
+
+/// Marks "no candidate applies" in the index scans below.
+const NO_RULE: usize = RULES_PER_ENTRY;
+
+// The scans below visit every slot, last to first, without breaking out early:
+// the eBPF verifier then sees two states per slot (found or not) instead of one
+// distinct exit per slot, which multiplied across lookups exhausts its budget.
+
+/// The first live candidate in `list` that covers the single access bit `access_bit`.
+#[inline(always)]
+pub fn select_path_rule(list: &PathRuleList, access_bit: u8, now_ns: u64) -> Option<RuleMatch> {
+    let mut found = NO_RULE;
+    let mut index = RULES_PER_ENTRY;
+    while index > 0 {
+        index -= 1;
+        let rule = &list.rules[index];
+        if (index as u32) < list.count && rule.access & access_bit != 0 && rule_live(rule.expires_at_ns, now_ns) {
+            found = index;
+        }
+    }
+    if found >= NO_RULE {
+        return None;
+    }
+    let rule = &list.rules[found & (RULES_PER_ENTRY - 1)];
+    Some(RuleMatch { rule_id: rule.rule_id, match_len: rule.match_len, verdict: Verdict::from_u8(rule.verdict) })
+}
+
+/// The first live candidate in `list` that covers `port` and `protocol_bit`.
+#[inline(always)]
+pub fn select_net_rule(list: &NetRuleList, port: u16, protocol_bit: u8, now_ns: u64) -> Option<RuleMatch> {
+    let mut found = NO_RULE;
+    let mut index = RULES_PER_ENTRY;
+    while index > 0 {
+        index -= 1;
+        let rule = &list.rules[index];
+        if (index as u32) < list.count
+            && rule.protocols & protocol_bit != 0
+            && port >= rule.port_low
+            && port <= rule.port_high
+            && rule_live(rule.expires_at_ns, now_ns)
+        {
+            found = index;
+        }
+    }
+    if found >= NO_RULE {
+        return None;
+    }
+    let rule = &list.rules[found & (RULES_PER_ENTRY - 1)];
+    Some(RuleMatch { rule_id: rule.rule_id, match_len: rule.prefix_len as u16, verdict: Verdict::from_u8(rule.verdict) })
+}
+
+/// Of the winners from the prefix and the suffix trie, the one that decides.
+#[inline(always)]
+pub fn stronger_match(a: Option<RuleMatch>, b: Option<RuleMatch>) -> Option<RuleMatch> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b.beats(&a) { b } else { a }),
+        (Some(a), None) => Some(a),
+        (None, b) => b,
+    }
+}
+
+/// The stricter of two decisions for different access bits of one action
+/// (an open for read and write is judged for each and the stricter result holds).
+#[inline(always)]
+pub fn stricter(a: (Verdict, Option<RuleMatch>), b: (Verdict, Option<RuleMatch>)) -> (Verdict, Option<RuleMatch>) {
+    if b.0 > a.0 { b } else { a }
+}
+
+#[cfg(feature = "user")]
+crate::impl_pod!(PathKey, PathRule, PathRuleList, NetKey, NetRule, NetRuleList);

@@ -1,0 +1,181 @@
+//! What policy says about an action, and what the kernel actually did.
+
+/// The decision a rule or default makes. Higher values are stricter: at equal
+/// match length the stricter verdict wins.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum Verdict {
+    /// Allowed, not reported unless the identity audits everything.
+    Allow = 0,
+    /// Allowed and recorded.
+    Audit = 1,
+    /// Allowed and reported as an alert.
+    Flag = 2,
+    /// Refused with EACCES (where the backend can refuse) and reported as an approval request.
+    StepUp = 3,
+    /// Refused with EPERM.
+    Deny = 4,
+    /// SIGKILL to the acting process.
+    Kill = 5,
+}
+
+impl Verdict {
+    pub const fn from_u8(value: u8) -> Verdict {
+        match value {
+            1 => Verdict::Audit,
+            2 => Verdict::Flag,
+            3 => Verdict::StepUp,
+            4 => Verdict::Deny,
+            5 => Verdict::Kill,
+            _ => Verdict::Allow,
+        }
+    }
+
+    /// Verdicts that stop the action when enforced.
+    pub const fn is_blocking(self) -> bool {
+        matches!(self, Verdict::StepUp | Verdict::Deny | Verdict::Kill)
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Verdict::Allow => "allow",
+            Verdict::Audit => "audit",
+            Verdict::Flag => "flag",
+            Verdict::StepUp => "step_up",
+            Verdict::Deny => "deny",
+            Verdict::Kill => "kill",
+        }
+    }
+}
+
+/// What the kernel did about an action.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The action went ahead.
+    Allowed = 0,
+    /// The call failed with the errno in the event (EPERM, or EACCES for step-up).
+    Blocked = 1,
+    /// The process was sent SIGKILL before it could use the result.
+    Killed = 2,
+    /// Identity in audit mode: the verdict would have stopped the action but it went ahead.
+    AuditOnly = 3,
+    /// The verdict asked for a refusal this backend cannot give synchronously
+    /// (file opens without BPF LSM); the policy's fallback was to let it through and flag it.
+    FlaggedInstead = 4,
+}
+
+impl Outcome {
+    pub const fn from_u8(value: u8) -> Outcome {
+        match value {
+            1 => Outcome::Blocked,
+            2 => Outcome::Killed,
+            3 => Outcome::AuditOnly,
+            4 => Outcome::FlaggedInstead,
+            _ => Outcome::Allowed,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allowed",
+            Outcome::Blocked => "blocked",
+            Outcome::Killed => "killed",
+            Outcome::AuditOnly => "audit_only",
+            Outcome::FlaggedInstead => "flagged_instead",
+        }
+    }
+}
+
+/// Which part of policy produced the verdict.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DecisionSource {
+    /// A rule matched; its id is in the event.
+    Rule = 0,
+    /// No rule matched; the identity's default for this kind of action applied.
+    Default = 1,
+    /// The identity's expiry time has passed.
+    IdentityExpired = 2,
+    /// The identity was revoked.
+    IdentityRevoked = 3,
+    /// Not a decision: a lifecycle event (process start, exit, label change).
+    Lifecycle = 4,
+}
+
+impl DecisionSource {
+    pub const fn from_u8(value: u8) -> DecisionSource {
+        match value {
+            0 => DecisionSource::Rule,
+            1 => DecisionSource::Default,
+            2 => DecisionSource::IdentityExpired,
+            3 => DecisionSource::IdentityRevoked,
+            _ => DecisionSource::Lifecycle,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            DecisionSource::Rule => "rule",
+            DecisionSource::Default => "default",
+            DecisionSource::IdentityExpired => "identity_expired",
+            DecisionSource::IdentityRevoked => "identity_revoked",
+            DecisionSource::Lifecycle => "lifecycle",
+        }
+    }
+}
+
+/// The enforcement mechanism that judged an action.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// Not a judged action.
+    None = 0,
+    /// BPF LSM hooks: synchronous refusal of any action.
+    Lsm = 1,
+    /// Syscall-exit and sched tracepoints: kill or flag, no refusal.
+    Tracepoint = 2,
+    /// cgroup socket address hooks: synchronous refusal of connect and send.
+    CgroupSock = 3,
+}
+
+impl Backend {
+    pub const fn from_u8(value: u8) -> Backend {
+        match value {
+            1 => Backend::Lsm,
+            2 => Backend::Tracepoint,
+            3 => Backend::CgroupSock,
+            _ => Backend::None,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Backend::None => "none",
+            Backend::Lsm => "lsm",
+            Backend::Tracepoint => "tracepoint",
+            Backend::CgroupSock => "cgroup_sock",
+        }
+    }
+}
+
+/// Access bits requested by an action; rules name the accesses they cover.
+pub mod access {
+    pub const READ: u8 = 1 << 0;
+    pub const WRITE: u8 = 1 << 1;
+    pub const EXEC: u8 = 1 << 2;
+    pub const ALL: u8 = READ | WRITE | EXEC;
+}
+
+/// Transport bits for network rules.
+pub mod protocol {
+    pub const TCP: u8 = 1 << 0;
+    pub const UDP: u8 = 1 << 1;
+    pub const ANY: u8 = TCP | UDP;
+}
+
+pub const EPERM: i32 = 1;
+pub const EACCES: i32 = 13;
+pub const SIGKILL: u32 = 9;

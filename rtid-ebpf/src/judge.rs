@@ -1,0 +1,219 @@
+//! Judging an action of a tagged process: identity status, then rules, then
+//! the identity's mode and the backend's ability to refuse. Shared by every
+//! hook family and both backends.
+
+use aya_ebpf::helpers::bpf_ktime_get_boot_ns;
+use rtid_common::{
+    access, event_flags, mode, select_net_rule, select_path_rule, stricter, stronger_match,
+    DecisionSource, IdentityId, IdentityPolicy, IdentityPolicyKey, NetKey, Outcome, PathKey, PathRuleList,
+    ProcessIdentity, RuleMatch, Verdict, EACCES, EPERM,
+};
+use aya_ebpf::maps::lpm_trie::Key;
+
+use crate::maps::{
+    IDENTITY_POLICY, IDENTITY_STATUS, NET_RULES, PATH_PREFIX_RULES, PATH_SUFFIX_RULES,
+    PROCESS_IDENTITY, RUNTIME_STATE,
+};
+
+/// The calling process's identity: the one lookup every hook makes before
+/// anything else. `None` is the untagged fast path.
+#[inline(always)]
+pub fn identity_of(tgid: u32) -> Option<ProcessIdentity> {
+    // SAFETY: the value is copied out immediately; a concurrent delete cannot
+    // free it while this program runs (hash map values are RCU-protected).
+    unsafe { PROCESS_IDENTITY.get(&tgid) }.copied()
+}
+
+/// What policy in force says about an identity, with its generation.
+pub struct ActivePolicy {
+    pub policy: IdentityPolicy,
+    pub generation: u32,
+    pub now_ns: u64,
+}
+
+/// A missing policy fails closed: an identity whose policy was removed is
+/// denied everything rather than let through.
+const MISSING_POLICY: IdentityPolicy = IdentityPolicy {
+    ruleset: 0,
+    mode: mode::ENFORCE,
+    audit: 0,
+    default_file: Verdict::Deny as u8,
+    default_network: Verdict::Deny as u8,
+    default_exec: Verdict::Deny as u8,
+    on_expiry: Verdict::Deny as u8,
+    file_deny_fallback: Verdict::Kill as u8,
+    _pad: 0,
+};
+
+#[inline(always)]
+pub fn active_policy(identity: IdentityId) -> ActivePolicy {
+    let (slot, generation) = match RUNTIME_STATE.get(0) {
+        Some(state) => (state.active_slot, state.generation),
+        None => (0, 0),
+    };
+    let key = IdentityPolicyKey { slot, identity };
+    // SAFETY: copied out at once (see identity_of).
+    let policy = unsafe { IDENTITY_POLICY.get(&key) }.copied().unwrap_or(MISSING_POLICY);
+    // SAFETY: the helper has no preconditions.
+    let now_ns = unsafe { bpf_ktime_get_boot_ns() };
+    ActivePolicy { policy, generation, now_ns }
+}
+
+/// A decision before enforcement.
+#[derive(Clone, Copy)]
+pub struct Decision {
+    pub verdict: Verdict,
+    pub source: DecisionSource,
+    pub rule_id: u32,
+}
+
+impl Decision {
+    #[inline(always)]
+    fn from_match(found: Option<RuleMatch>, default: u8) -> (Verdict, Option<RuleMatch>) {
+        match found {
+            Some(rule) => (rule.verdict, Some(rule)),
+            None => (Verdict::from_u8(default), None),
+        }
+    }
+
+    #[inline(always)]
+    fn from_pair(pair: (Verdict, Option<RuleMatch>)) -> Decision {
+        match pair.1 {
+            Some(rule) if rule.verdict == pair.0 => {
+                Decision { verdict: pair.0, source: DecisionSource::Rule, rule_id: rule.rule_id }
+            }
+            _ => Decision { verdict: pair.0, source: DecisionSource::Default, rule_id: 0 },
+        }
+    }
+}
+
+/// Expiry and revocation override every rule.
+#[inline(always)]
+pub fn status_override(identity: IdentityId, active: &ActivePolicy) -> Option<Decision> {
+    // SAFETY: copied out at once (see identity_of).
+    let status = unsafe { IDENTITY_STATUS.get(&identity) }.copied()?;
+    let source = if status.revoked != 0 {
+        DecisionSource::IdentityRevoked
+    } else if status.expires_at_ns != 0 && active.now_ns >= status.expires_at_ns {
+        DecisionSource::IdentityExpired
+    } else {
+        return None;
+    };
+    let verdict = match Verdict::from_u8(active.policy.on_expiry) {
+        Verdict::Kill => Verdict::Kill,
+        _ => Verdict::Deny,
+    };
+    Some(Decision { verdict, source, rule_id: 0 })
+}
+
+const ACCESS_BITS: [u8; 3] = [access::READ, access::WRITE, access::EXEC];
+
+/// The winning candidate of one trie entry for each requested access bit.
+/// Every use of the list sits inside its null check: the verifier refuses
+/// arithmetic on a possibly-null map value, which a shared loop invited.
+#[inline(always)]
+fn candidates_per_bit(list: Option<&PathRuleList>, requested: u8, now_ns: u64) -> [Option<RuleMatch>; 3] {
+    let mut found = [None; 3];
+    if let Some(list) = list {
+        let mut index = 0;
+        while index < ACCESS_BITS.len() {
+            if requested & ACCESS_BITS[index] != 0 {
+                found[index] = select_path_rule(list, ACCESS_BITS[index], now_ns);
+            }
+            index += 1;
+        }
+    }
+    found
+}
+
+/// Judges a path against the prefix and suffix tries, per requested access bit;
+/// the strictest result across bits holds.
+#[inline(always)]
+pub fn judge_path(
+    prefix_key: &Key<PathKey>,
+    suffix_key: &Key<PathKey>,
+    requested: u8,
+    default: u8,
+    now_ns: u64,
+) -> Decision {
+    let from_prefix = candidates_per_bit(PATH_PREFIX_RULES.get(prefix_key), requested, now_ns);
+    let from_suffix = candidates_per_bit(PATH_SUFFIX_RULES.get(suffix_key), requested, now_ns);
+    let mut result: (Verdict, Option<RuleMatch>) = (Verdict::Allow, None);
+    let mut first = true;
+    let mut index = 0;
+    while index < ACCESS_BITS.len() {
+        if requested & ACCESS_BITS[index] != 0 {
+            let pair = Decision::from_match(stronger_match(from_prefix[index], from_suffix[index]), default);
+            result = if first { pair } else { stricter(result, pair) };
+            first = false;
+        }
+        index += 1;
+    }
+    if first {
+        // No access requested (O_PATH): nothing to judge.
+        return Decision { verdict: Verdict::Allow, source: DecisionSource::Default, rule_id: 0 };
+    }
+    Decision::from_pair(result)
+}
+
+/// Judges an address (v6 or v4-mapped) and port against the network trie.
+#[inline(always)]
+pub fn judge_address(key: &Key<NetKey>, port: u16, protocol_bit: u8, default: u8, now_ns: u64) -> Decision {
+    let found = NET_RULES.get(key).and_then(|list| select_net_rule(list, port, protocol_bit, now_ns));
+    Decision::from_pair(Decision::from_match(found, default))
+}
+
+/// Judges a unix socket path (exact or directory-prefix rules).
+#[inline(always)]
+pub fn judge_unix(key: &Key<PathKey>, default: u8, now_ns: u64) -> Decision {
+    let found = crate::maps::UNIX_RULES.get(key).and_then(|list| select_path_rule(list, access::ALL, now_ns));
+    Decision::from_pair(Decision::from_match(found, default))
+}
+
+/// What the hook must do.
+#[derive(Clone, Copy)]
+pub struct Enforcement {
+    pub outcome: Outcome,
+    /// Errno to return when `outcome` is `Blocked`.
+    pub errno: i32,
+    /// Send SIGKILL to the acting process.
+    pub kill: bool,
+    pub flags: u16,
+}
+
+/// Turns a decision into an action given the identity's mode and whether this
+/// hook can refuse the call (LSM, cgroup socket hooks) or only kill or flag
+/// (syscall-exit tracepoints).
+#[inline(always)]
+pub fn enforce(decision: &Decision, policy: &IdentityPolicy, can_refuse: bool) -> Enforcement {
+    let audit_mode = policy.mode == mode::AUDIT;
+    let flags = if audit_mode { event_flags::AUDIT_MODE } else { 0 };
+    let allowed = Enforcement { outcome: Outcome::Allowed, errno: 0, kill: false, flags };
+    if !decision.verdict.is_blocking() {
+        return allowed;
+    }
+    if audit_mode {
+        return Enforcement { outcome: Outcome::AuditOnly, ..allowed };
+    }
+    match decision.verdict {
+        Verdict::Kill => Enforcement { outcome: Outcome::Killed, kill: true, ..allowed },
+        Verdict::Deny if can_refuse => Enforcement { outcome: Outcome::Blocked, errno: EPERM, ..allowed },
+        Verdict::StepUp if can_refuse => Enforcement { outcome: Outcome::Blocked, errno: EACCES, ..allowed },
+        // Deny or step-up where the call cannot be refused: the policy's fallback.
+        _ => {
+            let flags = flags | event_flags::BACKEND_FALLBACK;
+            if Verdict::from_u8(policy.file_deny_fallback) == Verdict::Kill {
+                Enforcement { outcome: Outcome::Killed, errno: 0, kill: true, flags }
+            } else {
+                Enforcement { outcome: Outcome::FlaggedInstead, errno: 0, kill: false, flags }
+            }
+        }
+    }
+}
+
+/// Whether an event is sent: every verdict other than a plain allow, and
+/// allowed actions too for identities that audit everything.
+#[inline(always)]
+pub fn should_report(decision: &Decision, policy: &IdentityPolicy) -> bool {
+    decision.verdict != Verdict::Allow || policy.audit != 0
+}

@@ -1,0 +1,147 @@
+//! The BPF LSM backend: synchronous refusal of opens, execs, connects and
+//! sends, at the moment of action and before anything is done. Loaded only
+//! where the kernel runs BPF LSM; elsewhere the tracepoint and cgroup hooks
+//! stand in. Judgement is the same code the fallbacks use.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_send_signal},
+    macros::lsm,
+    programs::LsmContext,
+};
+use rtid_common::{counter, Backend, EventKind, NetObject, Outcome, AF_INET, AF_INET6, AF_UNIX, FMODE_EXEC, SIGKILL};
+
+use crate::{
+    exec::judge_exec,
+    file::judge_file,
+    judge::{identity_of, Enforcement},
+    kernel::{file_mode, read_at, KernelPtr, ReadError},
+    maps::{count, offset},
+    net::{judge_inet, judge_unix_path, read_unix_path, UserOrKernel},
+    path::scratch,
+};
+
+const SOCK_STREAM: u16 = 1;
+const SOCK_DGRAM: u16 = 2;
+
+/// What an LSM hook returns for an enforcement: 0 lets the call proceed.
+#[inline(always)]
+fn lsm_return(enforcement: &Enforcement) -> i32 {
+    match enforcement.outcome {
+        Outcome::Blocked => -enforcement.errno,
+        Outcome::Killed => {
+            // SAFETY: signals the current task; no memory is involved.
+            unsafe { bpf_send_signal(SIGKILL) };
+            -rtid_common::EPERM
+        }
+        _ => 0,
+    }
+}
+
+/// Runs `judge` for a tagged caller unless an earlier LSM already refused
+/// the call (its return value is passed as the argument after the hook's own).
+#[inline(always)]
+fn tagged_hook(ctx: &LsmContext, previous_arg: usize, judge: impl FnOnce(&rtid_common::ProcessIdentity) -> Result<Enforcement, ReadError>) -> i32 {
+    let previous: i32 = ctx.arg(previous_arg);
+    if previous != 0 {
+        return previous;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let Some(process) = identity_of(tgid) else {
+        return 0;
+    };
+    match judge(&process) {
+        Ok(enforcement) => lsm_return(&enforcement),
+        Err(_) => {
+            count(counter::HOOK_ERROR);
+            0
+        }
+    }
+}
+
+/// include/linux/lsm_hook_defs.h: `LSM_HOOK(int, 0, file_open, struct file *file)`.
+#[lsm(hook = "file_open")]
+pub fn file_open(ctx: LsmContext) -> i32 {
+    tagged_hook(&ctx, 1, |process| {
+        let file: KernelPtr = ctx.arg(0);
+        if file_mode(file)? & FMODE_EXEC != 0 {
+            // execve opening the binary: judged as exec by bprm_check_security.
+            return Ok(Enforcement { outcome: Outcome::Allowed, errno: 0, kill: false, flags: 0 });
+        }
+        judge_file(process, file, Backend::Lsm)
+    })
+}
+
+/// include/linux/lsm_hook_defs.h:
+/// `LSM_HOOK(int, 0, bprm_check_security, struct linux_binprm *bprm)`.
+#[lsm(hook = "bprm_check_security")]
+pub fn bprm_check_security(ctx: LsmContext) -> i32 {
+    tagged_hook(&ctx, 1, |process| judge_exec(process, ctx.arg(0), Backend::Lsm))
+}
+
+/// include/linux/lsm_hook_defs.h:
+/// `LSM_HOOK(int, 0, socket_connect, struct socket *sock, struct sockaddr *address, int addrlen)`.
+#[lsm(hook = "socket_connect")]
+pub fn socket_connect(ctx: LsmContext) -> i32 {
+    tagged_hook(&ctx, 3, |process| {
+        let address: KernelPtr = ctx.arg(1);
+        let length: i32 = ctx.arg(2);
+        judge_sockaddr(process, ctx.arg(0), address, length, EventKind::Connect)
+    })
+}
+
+/// include/linux/lsm_hook_defs.h:
+/// `LSM_HOOK(int, 0, socket_sendmsg, struct socket *sock, struct msghdr *msg, int size)`.
+/// Only sends that name a destination are judged; connected sockets were judged at connect.
+#[lsm(hook = "socket_sendmsg")]
+pub fn socket_sendmsg(ctx: LsmContext) -> i32 {
+    tagged_hook(&ctx, 3, |process| {
+        let message: KernelPtr = ctx.arg(1);
+        let name: u64 = read_at(message, offset!(msghdr_msg_name))?;
+        let length: i32 = read_at(message, offset!(msghdr_msg_namelen))?;
+        if name == 0 || length <= 2 {
+            return Ok(Enforcement { outcome: Outcome::Allowed, errno: 0, kill: false, flags: 0 });
+        }
+        judge_sockaddr(process, ctx.arg(0), name as KernelPtr, length, EventKind::Send)
+    })
+}
+
+/// Judges a kernel copy of a socket address (`struct sockaddr_*`, uapi layout).
+#[inline(always)]
+fn judge_sockaddr(
+    process: &rtid_common::ProcessIdentity,
+    socket: KernelPtr,
+    address: KernelPtr,
+    length: i32,
+    kind: EventKind,
+) -> Result<Enforcement, ReadError> {
+    let family: u16 = read_at(address, 0)?;
+    let allowed = Enforcement { outcome: Outcome::Allowed, errno: 0, kill: false, flags: 0 };
+    match family {
+        AF_INET | AF_INET6 => {
+            let socket_type: u16 = read_at(socket, offset!(socket_type))?;
+            let protocol = match socket_type {
+                SOCK_STREAM => rtid_common::protocol::TCP,
+                SOCK_DGRAM => rtid_common::protocol::UDP,
+                _ => 0,
+            };
+            let port = u16::from_be(read_at::<u16>(address, 2)?);
+            let mut addr = [0u8; 16];
+            if family == AF_INET {
+                let v4: [u8; 4] = read_at(address, 4)?;
+                addr[10] = 0xff;
+                addr[11] = 0xff;
+                addr[12..16].copy_from_slice(&v4);
+            } else {
+                addr = read_at(address, 8)?;
+            }
+            let object = NetObject { family, port, protocol, _pad: [0; 3], addr };
+            Ok(judge_inet(process, &object, kind, Backend::Lsm))
+        }
+        AF_UNIX => {
+            let scratch = scratch().ok_or(ReadError)?;
+            let path_len = read_unix_path(scratch, address as u64 + 2, (length - 2) as usize, UserOrKernel::Kernel)?;
+            Ok(judge_unix_path(process, scratch, path_len, kind, Backend::Lsm))
+        }
+        _ => Ok(allowed),
+    }
+}

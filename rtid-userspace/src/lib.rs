@@ -1,0 +1,8 @@
+//! rtid userspace: loading the kernel programs, compiling policy into their
+//! maps, and decoding what they report. The `rtid` binary (daemon and CLI) is
+//! built on this library; the integration tests drive it directly.
+
+pub mod events;
+pub mod launch;
+pub mod loader;
+pub mod policy;

@@ -1,0 +1,246 @@
+//! Typed handles on the kernel maps, and the double-buffered policy swap.
+
+use std::collections::BTreeMap;
+
+use aya::{
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf},
+    Ebpf, Pod,
+};
+use rtid_common::{
+    counter, BackendConfig, IdentityId, IdentityPolicy, IdentityPolicyKey, IdentityStatus, NetKey, NetRuleList, PathKey,
+    PathRuleList, ProcessIdentity, RuntimeState, PATH_KEY_BYTES, RULESET_PREFIX_BITS,
+};
+
+use super::LoadError;
+use crate::policy::{compile::PathEntry, CompiledPolicy};
+
+/// Kernel counters summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub ring_full_drops: u64,
+    pub hook_errors: u64,
+    pub paths_truncated: u64,
+    pub process_table_full: u64,
+    pub judged: u64,
+}
+
+/// Keys written for one installed policy, so the next swap can remove them.
+#[derive(Default)]
+struct InstalledEntries {
+    prefix: Vec<Key<PathKey>>,
+    suffix: Vec<Key<PathKey>>,
+    unix: Vec<Key<PathKey>>,
+    net: Vec<Key<NetKey>>,
+    policies: Vec<IdentityPolicyKey>,
+}
+
+pub struct KernelMaps {
+    process_identity: HashMap<MapData, u32, ProcessIdentity>,
+    cgroup_identity: HashMap<MapData, u64, IdentityId>,
+    identity_policy: HashMap<MapData, IdentityPolicyKey, IdentityPolicy>,
+    identity_status: HashMap<MapData, IdentityId, IdentityStatus>,
+    runtime_state: Array<MapData, RuntimeState>,
+    backend_config: Array<MapData, BackendConfig>,
+    path_prefix: LpmTrie<MapData, PathKey, PathRuleList>,
+    path_suffix: LpmTrie<MapData, PathKey, PathRuleList>,
+    unix_rules: LpmTrie<MapData, PathKey, PathRuleList>,
+    net_rules: LpmTrie<MapData, NetKey, NetRuleList>,
+    counters: PerCpuArray<MapData, u64>,
+    events: Option<RingBuf<MapData>>,
+    installed: InstalledEntries,
+}
+
+fn map_error(map: &'static str) -> impl Fn(MapError) -> LoadError {
+    move |error| LoadError::Map { map, problem: error.to_string() }
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(LoadError::Map { map: name, problem: "missing from the eBPF object".into() })?;
+    T::try_from(map).map_err(map_error(name))
+}
+
+/// An LPM key for path bytes under a ruleset.
+pub fn path_key(ruleset: u32, bytes: &[u8]) -> Key<PathKey> {
+    let mut data = PathKey::zeroed();
+    data.ruleset = ruleset;
+    let len = bytes.len().min(PATH_KEY_BYTES);
+    data.path[..len].copy_from_slice(&bytes[..len]);
+    Key::new(RULESET_PREFIX_BITS + len as u32 * 8, data)
+}
+
+pub fn net_key(ruleset: u32, addr: [u8; 16], prefix_len: u8) -> Key<NetKey> {
+    Key::new(RULESET_PREFIX_BITS + prefix_len as u32, NetKey { ruleset, addr })
+}
+
+impl KernelMaps {
+    pub fn take(ebpf: &mut Ebpf) -> Result<KernelMaps, LoadError> {
+        Ok(KernelMaps {
+            process_identity: take(ebpf, "PROCESS_IDENTITY")?,
+            cgroup_identity: take(ebpf, "CGROUP_IDENTITY")?,
+            identity_policy: take(ebpf, "IDENTITY_POLICY")?,
+            identity_status: take(ebpf, "IDENTITY_STATUS")?,
+            runtime_state: take(ebpf, "RUNTIME_STATE")?,
+            backend_config: take(ebpf, "BACKEND_CONFIG")?,
+            path_prefix: take(ebpf, "PATH_PREFIX_RULES")?,
+            path_suffix: take(ebpf, "PATH_SUFFIX_RULES")?,
+            unix_rules: take(ebpf, "UNIX_RULES")?,
+            net_rules: take(ebpf, "NET_RULES")?,
+            counters: take(ebpf, "COUNTERS")?,
+            events: Some(take(ebpf, "EVENTS")?),
+            installed: InstalledEntries::default(),
+        })
+    }
+
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, LoadError> {
+        self.events.take().ok_or(LoadError::Map { map: "EVENTS", problem: "already taken".into() })
+    }
+
+    pub fn counters(&self) -> Result<Counters, LoadError> {
+        let sum = |index: u32| -> Result<u64, LoadError> {
+            let values = self.counters.get(&index, 0).map_err(map_error("COUNTERS"))?;
+            Ok(values.iter().sum())
+        };
+        Ok(Counters {
+            ring_full_drops: sum(counter::RING_FULL)?,
+            hook_errors: sum(counter::HOOK_ERROR)?,
+            paths_truncated: sum(counter::PATH_TRUNCATED)?,
+            process_table_full: sum(counter::PROCESS_TABLE_FULL)?,
+            judged: sum(counter::JUDGED)?,
+        })
+    }
+
+    pub fn set_backend_config(&mut self, config: &BackendConfig) -> Result<(), LoadError> {
+        self.backend_config.set(0, config, 0).map_err(map_error("BACKEND_CONFIG"))
+    }
+
+    pub fn runtime_state(&self) -> Result<RuntimeState, LoadError> {
+        self.runtime_state.get(&0, 0).map_err(map_error("RUNTIME_STATE"))
+    }
+
+    pub fn process(&self, pid: u32) -> Result<Option<ProcessIdentity>, LoadError> {
+        match self.process_identity.get(&pid, 0) {
+            Ok(entry) => Ok(Some(entry)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(error) => Err(map_error("PROCESS_IDENTITY")(error)),
+        }
+    }
+
+    pub fn set_process(&mut self, pid: u32, entry: ProcessIdentity) -> Result<(), LoadError> {
+        self.process_identity.insert(&pid, &entry, 0).map_err(map_error("PROCESS_IDENTITY"))
+    }
+
+    pub fn remove_process(&mut self, pid: u32) -> Result<(), LoadError> {
+        match self.process_identity.remove(&pid) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(error) => Err(map_error("PROCESS_IDENTITY")(error)),
+        }
+    }
+
+    pub fn status(&self, identity: IdentityId) -> Result<IdentityStatus, LoadError> {
+        match self.identity_status.get(&identity, 0) {
+            Ok(status) => Ok(status),
+            Err(MapError::KeyNotFound) => Ok(IdentityStatus::default()),
+            Err(error) => Err(map_error("IDENTITY_STATUS")(error)),
+        }
+    }
+
+    pub fn set_status(&mut self, identity: IdentityId, status: IdentityStatus) -> Result<(), LoadError> {
+        self.identity_status.insert(&identity, &status, 0).map_err(map_error("IDENTITY_STATUS"))
+    }
+
+    pub fn bind_cgroup(&mut self, cgroup_id: u64, identity: IdentityId) -> Result<(), LoadError> {
+        self.cgroup_identity.insert(&cgroup_id, &identity, 0).map_err(map_error("CGROUP_IDENTITY"))?;
+        let mut state = self.runtime_state()?;
+        state.cgroup_bindings = 1;
+        self.runtime_state.set(0, &state, 0).map_err(map_error("RUNTIME_STATE"))
+    }
+
+    /// Writes `policy` under the inactive slot, flips the slot, then removes
+    /// the previous policy's entries. If a write fails, what was written is
+    /// removed and the policy in force stays in force.
+    pub fn install(&mut self, policy: &CompiledPolicy, ids: &BTreeMap<String, IdentityId>) -> Result<(), LoadError> {
+        let state = self.runtime_state()?;
+        let slot = 1 - state.active_slot.min(1);
+        let mut written = InstalledEntries::default();
+        if let Err(error) = self.write_slot(policy, ids, slot, &mut written) {
+            self.remove_entries(&written);
+            return Err(error);
+        }
+        let next = RuntimeState { active_slot: slot, generation: state.generation + 1, ..state };
+        if let Err(error) = self.runtime_state.set(0, &next, 0) {
+            self.remove_entries(&written);
+            return Err(map_error("RUNTIME_STATE")(error));
+        }
+        let previous = std::mem::replace(&mut self.installed, written);
+        self.remove_entries(&previous);
+        Ok(())
+    }
+
+    fn write_slot(
+        &mut self,
+        policy: &CompiledPolicy,
+        ids: &BTreeMap<String, IdentityId>,
+        slot: u32,
+        written: &mut InstalledEntries,
+    ) -> Result<(), LoadError> {
+        for (index, identity) in policy.identities.iter().enumerate() {
+            // Rulesets are unique per slot, so both policies coexist during the swap.
+            let ruleset = (slot << 16) | (index as u32 + 1);
+            write_paths(&mut self.path_prefix, ruleset, &identity.prefix_entries, &mut written.prefix, "PATH_PREFIX_RULES")?;
+            write_paths(&mut self.path_suffix, ruleset, &identity.suffix_entries, &mut written.suffix, "PATH_SUFFIX_RULES")?;
+            write_paths(&mut self.unix_rules, ruleset, &identity.unix_entries, &mut written.unix, "UNIX_RULES")?;
+            for entry in &identity.net_entries {
+                let key = net_key(ruleset, entry.addr, entry.prefix_len);
+                self.net_rules.insert(&key, &entry.rules, 0).map_err(map_error("NET_RULES"))?;
+                written.net.push(key);
+            }
+            let id = ids.get(&identity.spec.name).copied().ok_or_else(|| LoadError::UnknownIdentity(identity.spec.name.clone()))?;
+            let key = IdentityPolicyKey { slot, identity: id };
+            self.identity_policy
+                .insert(&key, &IdentityPolicy { ruleset, ..identity.policy }, 0)
+                .map_err(map_error("IDENTITY_POLICY"))?;
+            written.policies.push(key);
+        }
+        Ok(())
+    }
+
+    fn remove_entries(&mut self, entries: &InstalledEntries) {
+        // Best effort: a key that is already gone is not an error here.
+        for key in &entries.prefix {
+            let _ = self.path_prefix.remove(key);
+        }
+        for key in &entries.suffix {
+            let _ = self.path_suffix.remove(key);
+        }
+        for key in &entries.unix {
+            let _ = self.unix_rules.remove(key);
+        }
+        for key in &entries.net {
+            let _ = self.net_rules.remove(key);
+        }
+        for key in &entries.policies {
+            let _ = self.identity_policy.remove(key);
+        }
+    }
+}
+
+fn write_paths<V: Pod>(
+    trie: &mut LpmTrie<MapData, PathKey, V>,
+    ruleset: u32,
+    entries: &[PathEntry],
+    written: &mut Vec<Key<PathKey>>,
+    map: &'static str,
+) -> Result<(), LoadError>
+where
+    PathRuleList: Into<V>,
+{
+    for entry in entries {
+        let key = path_key(ruleset, &entry.bytes);
+        trie.insert(&key, &entry.rules.into(), 0).map_err(map_error(map))?;
+        written.push(key);
+    }
+    Ok(())
+}

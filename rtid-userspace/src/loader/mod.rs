@@ -1,0 +1,306 @@
+//! Loading rtid's kernel programs, attaching them where this kernel allows,
+//! and owning their maps: the only writer of policy, labels and identity status.
+
+pub mod btf_offsets;
+pub mod cgroup;
+mod clock;
+mod lsm;
+mod maps;
+mod procfs_stat;
+
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use aya::{
+    programs::{BtfTracePoint, CgroupAttachMode, CgroupSockAddr, TracePoint},
+    Btf, Ebpf, EbpfLoader,
+};
+use rtid_common::{label_source, IdentityId, IdentityStatus, KernelOffsets, ProcessIdentity};
+
+pub use clock::boot_time_ns;
+pub use maps::{Counters, KernelMaps};
+
+use crate::{
+    events::EventReader,
+    policy::{CompiledPolicy, RuleInfo},
+};
+
+/// The eBPF object built by build.rs (aya-build) from rtid-ebpf.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rtid"));
+
+/// Default ring buffer size: about 14,000 events of 600 bytes.
+pub const DEFAULT_RING_BYTES: u32 = 8 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("reading kernel struct offsets from BTF: {0}")]
+    Offsets(#[from] btf_offsets::OffsetError),
+    #[error("loading the eBPF object: {0}")]
+    Object(#[from] aya::EbpfError),
+    #[error("program {program}: {source}")]
+    Program { program: &'static str, source: aya::programs::ProgramError },
+    #[error("map {map}: {problem}")]
+    Map { map: &'static str, problem: String },
+    #[error("kernel BTF: {0}")]
+    Btf(#[from] aya::BtfError),
+    #[error("cgroup v2: {0}")]
+    Cgroup(std::io::Error),
+    #[error("process {pid}: {problem}")]
+    Process { pid: u32, problem: String },
+    #[error("BPF LSM required but unavailable: {0}")]
+    LsmUnavailable(String),
+    #[error("unknown identity {0:?} (not in the policy in force)")]
+    UnknownIdentity(String),
+}
+
+/// How each kind of action is enforced on this kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendReport {
+    pub file: rtid_common::Backend,
+    pub network: rtid_common::Backend,
+    pub exec: rtid_common::Backend,
+}
+
+/// Whether to use BPF LSM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LsmMode {
+    /// Use it per hook where the kernel runs it, fall back elsewhere.
+    #[default]
+    Auto,
+    /// Never: tracepoints and cgroup hooks only.
+    Off,
+    /// Fail to load unless every LSM hook attaches.
+    Required,
+}
+
+/// Options for loading.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Bytes of the events ring buffer (a power of two, page multiple).
+    pub ring_bytes: u32,
+    pub lsm: LsmMode,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { ring_bytes: DEFAULT_RING_BYTES, lsm: LsmMode::Auto }
+    }
+}
+
+/// The loaded, attached programs and their maps. Dropping it detaches everything.
+pub struct RtidKernel {
+    /// Owns the programs and their links; dropping detaches them.
+    _ebpf: Ebpf,
+    maps: KernelMaps,
+    events: Option<EventReader>,
+    backends: BackendReport,
+    lsm_note: Option<String>,
+    /// Identity name to the numeric id processes carry; ids are never reused
+    /// while loaded, so a reload keeps every labeled process's identity.
+    identity_ids: BTreeMap<String, IdentityId>,
+    policy: CompiledPolicy,
+}
+
+/// Syscall-exit tracepoints judging opens where LSM `file_open` is unavailable.
+const FILE_TRACEPOINTS: [&str; 5] =
+    ["sys_exit_openat", "sys_exit_open", "sys_exit_openat2", "sys_exit_creat", "sys_exit_open_by_handle_at"];
+/// Syscall-entry tracepoints judging AF_UNIX connects and sends where LSM socket hooks are unavailable.
+const UNIX_TRACEPOINTS: [&str; 2] = ["sys_enter_connect", "sys_enter_sendto"];
+const SCHED_TRACEPOINTS: [&str; 3] = ["sched_process_fork", "sched_process_exec", "sched_process_exit"];
+const CGROUP_SOCK_PROGRAMS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
+
+impl RtidKernel {
+    /// Loads and attaches every program, with kernel offsets from the running kernel's BTF.
+    pub fn load(options: &LoadOptions) -> Result<RtidKernel, LoadError> {
+        let offsets: KernelOffsets = btf_offsets::running_kernel_offsets()?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("KERNEL_OFFSETS", &offsets, true)
+            .map_max_entries("EVENTS", options.ring_bytes)
+            .load(EBPF_OBJECT)?;
+        let btf = Btf::from_sys_fs()?;
+        let lsm = match options.lsm {
+            LsmMode::Off => lsm::LsmAttachment::default(),
+            LsmMode::Auto | LsmMode::Required => lsm::attach(&mut ebpf, &btf),
+        };
+        if options.lsm == LsmMode::Required && !lsm.all() {
+            return Err(LoadError::LsmUnavailable(lsm.reason.clone().unwrap_or_default()));
+        }
+        attach_sched(&mut ebpf, &btf)?;
+        if !lsm.file {
+            attach_syscalls(&mut ebpf, &FILE_TRACEPOINTS)?;
+        }
+        if !lsm.net {
+            attach_syscalls(&mut ebpf, &UNIX_TRACEPOINTS)?;
+            attach_cgroup_sock(&mut ebpf)?;
+        }
+        let mut maps = KernelMaps::take(&mut ebpf)?;
+        maps.set_backend_config(&lsm.config())?;
+        let backends = lsm.report();
+        let events = Some(EventReader::new(maps.take_events()?));
+        Ok(RtidKernel {
+            _ebpf: ebpf,
+            maps,
+            events,
+            backends,
+            lsm_note: lsm.reason,
+            identity_ids: BTreeMap::new(),
+            policy: CompiledPolicy::default(),
+        })
+    }
+
+    pub fn backends(&self) -> BackendReport {
+        self.backends
+    }
+
+    /// Why BPF LSM is not in use, where it is not.
+    pub fn lsm_note(&self) -> Option<&str> {
+        self.lsm_note.as_deref()
+    }
+
+    /// The event stream; can be taken once.
+    pub fn take_events(&mut self) -> Option<EventReader> {
+        self.events.take()
+    }
+
+    pub fn counters(&self) -> Result<Counters, LoadError> {
+        self.maps.counters()
+    }
+
+    /// The compiled policy in force.
+    pub fn policy(&self) -> &CompiledPolicy {
+        &self.policy
+    }
+
+    pub fn rule_info(&self, rule_id: u32) -> Option<&RuleInfo> {
+        self.policy.rules.get(&rule_id)
+    }
+
+    pub fn identity_id(&self, name: &str) -> Option<IdentityId> {
+        self.identity_ids.get(name).copied()
+    }
+
+    pub fn identity_name(&self, id: IdentityId) -> Option<&str> {
+        self.identity_ids.iter().find(|(_, value)| **value == id).map(|(name, _)| name.as_str())
+    }
+
+    /// Swaps in a compiled policy atomically: the new entries are written under
+    /// the inactive slot, then one write flips the slot. On error nothing changes.
+    pub fn install(&mut self, policy: CompiledPolicy) -> Result<(), LoadError> {
+        for identity in &policy.identities {
+            if !self.identity_ids.contains_key(&identity.spec.name) {
+                let next = self.identity_ids.values().max().copied().unwrap_or(0) + 1;
+                self.identity_ids.insert(identity.spec.name.clone(), next);
+            }
+        }
+        self.maps.install(&policy, &self.identity_ids)?;
+        self.policy = policy;
+        Ok(())
+    }
+
+    /// Labels a running process (and, through fork inheritance, its future children).
+    pub fn label_pid(&mut self, pid: u32, identity: &str) -> Result<(), LoadError> {
+        let id = self.identity_id(identity).ok_or_else(|| LoadError::UnknownIdentity(identity.into()))?;
+        let before = procfs_stat::start_time_ns(pid).map_err(|problem| LoadError::Process { pid, problem })?;
+        let entry = ProcessIdentity { identity: id, source: label_source::LABEL, start_boottime_ns: before };
+        self.maps.set_process(pid, entry)?;
+        // If the pid died and was reused between the read and the write, the
+        // start time differs: take the label back rather than tag a stranger.
+        match procfs_stat::start_time_ns(pid) {
+            Ok(after) if after == before => {}
+            _ => {
+                self.maps.remove_process(pid)?;
+                return Err(LoadError::Process { pid, problem: "exited while being labeled".into() });
+            }
+        }
+        self.start_identity_clock(identity)?;
+        Ok(())
+    }
+
+    pub fn unlabel_pid(&mut self, pid: u32) -> Result<(), LoadError> {
+        self.maps.remove_process(pid)
+    }
+
+    /// The identity a process carries in the kernel, if any.
+    pub fn process_identity(&self, pid: u32) -> Result<Option<ProcessIdentity>, LoadError> {
+        self.maps.process(pid)
+    }
+
+    /// Binds a cgroup (and its descendants) to an identity.
+    pub fn bind_cgroup(&mut self, cgroup: &Path, identity: &str) -> Result<(), LoadError> {
+        let id = self.identity_id(identity).ok_or_else(|| LoadError::UnknownIdentity(identity.into()))?;
+        let cgroup_id = cgroup::cgroup_id(cgroup).map_err(LoadError::Cgroup)?;
+        self.maps.bind_cgroup(cgroup_id, id)
+    }
+
+    /// Starts an identity's TTL at its first assignment.
+    fn start_identity_clock(&mut self, identity: &str) -> Result<(), LoadError> {
+        let Some(ttl) = self.policy.identity(identity).and_then(|compiled| compiled.spec.ttl) else {
+            return Ok(());
+        };
+        let id = self.identity_id(identity).ok_or_else(|| LoadError::UnknownIdentity(identity.into()))?;
+        let mut status = self.maps.status(id)?;
+        if status.expires_at_ns == 0 {
+            status.expires_at_ns = boot_time_ns() + ttl.as_nanos() as u64;
+            self.maps.set_status(id, status)?;
+        }
+        Ok(())
+    }
+
+    /// Sets or clears an identity's expiry, counted from now.
+    pub fn set_identity_expiry(&mut self, identity: &str, expires_in: Option<Duration>) -> Result<(), LoadError> {
+        let id = self.identity_id(identity).ok_or_else(|| LoadError::UnknownIdentity(identity.into()))?;
+        let mut status = self.maps.status(id)?;
+        status.expires_at_ns = expires_in.map_or(0, |ttl| boot_time_ns() + ttl.as_nanos() as u64);
+        self.maps.set_status(id, status)
+    }
+
+    /// Revokes (or restores) an identity: one map write, effective on the next call.
+    pub fn set_revoked(&mut self, identity: &str, revoked: bool) -> Result<(), LoadError> {
+        let id = self.identity_id(identity).ok_or_else(|| LoadError::UnknownIdentity(identity.into()))?;
+        let status = IdentityStatus { revoked: revoked as u32, ..self.maps.status(id)? };
+        self.maps.set_status(id, status)
+    }
+}
+
+fn attach_sched(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), LoadError> {
+    for name in SCHED_TRACEPOINTS {
+        let program: &mut BtfTracePoint = program_mut(ebpf, name)?;
+        program.load(name, btf).map_err(|source| LoadError::Program { program: name, source })?;
+        program.attach().map_err(|source| LoadError::Program { program: name, source })?;
+    }
+    Ok(())
+}
+
+fn attach_syscalls(ebpf: &mut Ebpf, names: &[&'static str]) -> Result<(), LoadError> {
+    for &name in names {
+        let program: &mut TracePoint = program_mut(ebpf, name)?;
+        program.load().map_err(|source| LoadError::Program { program: name, source })?;
+        program.attach("syscalls", name).map_err(|source| LoadError::Program { program: name, source })?;
+    }
+    Ok(())
+}
+
+fn attach_cgroup_sock(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+    let root = cgroup::cgroup2_root().map_err(LoadError::Cgroup)?;
+    let root = std::fs::File::open(&root).map_err(LoadError::Cgroup)?;
+    for name in CGROUP_SOCK_PROGRAMS {
+        let program: &mut CgroupSockAddr = program_mut(ebpf, name)?;
+        program.load().map_err(|source| LoadError::Program { program: name, source })?;
+        // Coexist with other cgroup programs where the kernel allows it.
+        if program.attach(&root, CgroupAttachMode::AllowMultiple).is_err() {
+            program
+                .attach(&root, CgroupAttachMode::Single)
+                .map_err(|source| LoadError::Program { program: name, source })?;
+        }
+    }
+    Ok(())
+}
+
+fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoadError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let program = ebpf
+        .program_mut(name)
+        .ok_or(LoadError::Map { map: name, problem: "program missing from the eBPF object".into() })?;
+    program.try_into().map_err(|source| LoadError::Program { program: name, source })
+}

@@ -1,0 +1,533 @@
+//! Compiling identities into the entries the kernel reads.
+//!
+//! Path and address rules go into LPM tries. Because a trie lookup yields only
+//! the longest matching entry, each entry is given the rules of every shorter
+//! entry that covers it, sorted most specific first (see `rtid_common::rules`).
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use rtid_common::{
+    audit_level, limits, mode, IdentityPolicy, NetRule, NetRuleList, PathRule, PathRuleList, Verdict,
+    PATH_KEY_BYTES, RULES_PER_ENTRY,
+};
+
+use super::model::{AuditLevel, IdentitySpec, Mode, NetTarget, PathPattern, PathRuleSpec};
+
+/// A rule that cannot be compiled, naming the identity and rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompileError {
+    #[error("identity {identity}: rule {rule}: {problem}")]
+    Rule { identity: String, rule: String, problem: String },
+    #[error("identity {identity}: {problem}")]
+    Identity { identity: String, problem: String },
+    #[error("policy: {0}")]
+    Policy(String),
+}
+
+/// Where a compiled rule came from, for events and `explain`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleInfo {
+    pub identity: String,
+    pub id: String,
+    pub description: String,
+}
+
+/// One LPM entry: key bytes after the ruleset, their length in bits, and the candidates.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PathEntry {
+    pub bytes: Vec<u8>,
+    pub rules: PathRuleList,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct NetEntry {
+    /// IPv6 address (IPv4 as v4-mapped), masked to `prefix_len`.
+    pub addr: [u8; 16],
+    pub prefix_len: u8,
+    pub rules: NetRuleList,
+}
+
+/// One identity, ready to install under any ruleset id.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CompiledIdentity {
+    pub spec: IdentitySpec,
+    /// `ruleset` is filled in when installed.
+    pub policy: IdentityPolicy,
+    pub prefix_entries: Vec<PathEntry>,
+    pub suffix_entries: Vec<PathEntry>,
+    pub unix_entries: Vec<PathEntry>,
+    pub net_entries: Vec<NetEntry>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CompiledPolicy {
+    pub identities: Vec<CompiledIdentity>,
+    /// Numeric rule id (as the kernel reports it) to its origin.
+    pub rules: BTreeMap<u32, RuleInfo>,
+}
+
+impl CompiledPolicy {
+    pub fn identity(&self, name: &str) -> Option<&CompiledIdentity> {
+        self.identities.iter().find(|identity| identity.spec.name == name)
+    }
+}
+
+/// Compiles every identity; rule ids are numbered from 1 in order.
+pub fn compile(identities: &[IdentitySpec]) -> Result<CompiledPolicy, Vec<CompileError>> {
+    let mut errors = Vec::new();
+    let mut compiled = CompiledPolicy::default();
+    if identities.len() > limits::MAX_IDENTITIES as usize {
+        errors.push(CompileError::Policy(format!(
+            "{} identities, the kernel maps hold at most {}",
+            identities.len(),
+            limits::MAX_IDENTITIES
+        )));
+    }
+    let mut next_rule_id = 1u32;
+    for spec in identities {
+        match compile_identity(spec, &mut next_rule_id, &mut compiled.rules) {
+            Ok(identity) => compiled.identities.push(identity),
+            Err(mut identity_errors) => errors.append(&mut identity_errors),
+        }
+    }
+    check_capacity(&compiled, &mut errors);
+    if errors.is_empty() { Ok(compiled) } else { Err(errors) }
+}
+
+fn check_capacity(compiled: &CompiledPolicy, errors: &mut Vec<CompileError>) {
+    // Reloads keep the old and the new policy in the maps at once: each gets half.
+    let sum = |select: fn(&CompiledIdentity) -> usize| compiled.identities.iter().map(select).sum::<usize>();
+    let checks = [
+        ("file/exec prefix entries", sum(|i| i.prefix_entries.len()), limits::MAX_PATH_ENTRIES),
+        ("file/exec suffix entries", sum(|i| i.suffix_entries.len()), limits::MAX_PATH_ENTRIES),
+        ("unix socket entries", sum(|i| i.unix_entries.len()), limits::MAX_UNIX_ENTRIES),
+        ("network entries", sum(|i| i.net_entries.len()), limits::MAX_NET_ENTRIES),
+    ];
+    for (what, used, capacity) in checks {
+        if used > capacity as usize / 2 {
+            errors.push(CompileError::Policy(format!("{used} {what}, at most {} fit", capacity / 2)));
+        }
+    }
+}
+
+fn compile_identity(
+    spec: &IdentitySpec,
+    next_rule_id: &mut u32,
+    rules: &mut BTreeMap<u32, RuleInfo>,
+) -> Result<CompiledIdentity, Vec<CompileError>> {
+    let mut errors = Vec::new();
+    let mut prefix = EntryBuilder::default();
+    let mut suffix = EntryBuilder::default();
+    let mut unix = EntryBuilder::default();
+    let mut net: Vec<(([u8; 16], u8), NetRule)> = Vec::new();
+    let rule_error = |rule: &str, problem: String| CompileError::Rule {
+        identity: spec.name.clone(),
+        rule: rule.to_string(),
+        problem,
+    };
+
+    for rule in spec.files.iter().chain(spec.exec.iter()) {
+        let rule_id = register(next_rule_id, rules, spec, &rule.id, rule.pattern.describe());
+        if let Err(problem) = add_path_rule(rule, rule_id, &mut prefix, &mut suffix) {
+            errors.push(rule_error(&rule.id, problem));
+        }
+    }
+    for rule in &spec.network {
+        match &rule.target {
+            NetTarget::Unix(path) => {
+                let rule_id = register(next_rule_id, rules, spec, &rule.id, format!("unix {path}"));
+                let as_path = PathRuleSpec {
+                    id: rule.id.clone(),
+                    pattern: if path.ends_with('/') {
+                        PathPattern::Directory(path.clone())
+                    } else {
+                        PathPattern::Exact(path.clone())
+                    },
+                    access: rtid_common::access::ALL,
+                    action: rule.action,
+                    expires_at_boot_ns: rule.expires_at_boot_ns,
+                };
+                if let Err(problem) = add_path_rule(&as_path, rule_id, &mut unix, &mut EntryBuilder::default()) {
+                    errors.push(rule_error(&rule.id, problem));
+                }
+            }
+            NetTarget::Cidr { addr, prefix_len } => {
+                let description = format!("{addr}/{prefix_len} ports {}", describe_ports(&rule.ports));
+                let rule_id = register(next_rule_id, rules, spec, &rule.id, description);
+                match mapped_network(*addr, *prefix_len) {
+                    Ok((network, bits)) => {
+                        let ranges = if rule.ports.is_empty() { vec![(0, u16::MAX)] } else { rule.ports.clone() };
+                        for (low, high) in ranges {
+                            if low > high {
+                                errors.push(rule_error(&rule.id, format!("port range {low}-{high} is empty")));
+                                continue;
+                            }
+                            let candidate = NetRule {
+                                rule_id,
+                                port_low: low,
+                                port_high: high,
+                                prefix_len: bits,
+                                protocols: rule.protocols,
+                                verdict: rule.action as u8,
+                                expires_at_ns: rule.expires_at_boot_ns.unwrap_or(0),
+                                ..NetRule::default()
+                            };
+                            net.push(((network, bits), candidate));
+                        }
+                    }
+                    Err(problem) => errors.push(rule_error(&rule.id, problem)),
+                }
+            }
+        }
+    }
+
+    let mut collect = |result: Result<_, Vec<String>>| {
+        result.unwrap_or_else(|problems: Vec<String>| {
+            errors.extend(problems.into_iter().map(|problem| identity_error(spec, problem)));
+            Vec::new()
+        })
+    };
+    let prefix_entries = collect(prefix.build());
+    let suffix_entries = collect(suffix.build());
+    let unix_entries = collect(unix.build());
+    let net_entries = build_net_entries(net).unwrap_or_else(|problems| {
+        errors.extend(problems.into_iter().map(|problem| identity_error(spec, problem)));
+        Vec::new()
+    });
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(CompiledIdentity {
+        spec: spec.clone(),
+        policy: identity_policy(spec),
+        prefix_entries,
+        suffix_entries,
+        unix_entries,
+        net_entries,
+    })
+}
+
+fn identity_error(spec: &IdentitySpec, problem: String) -> CompileError {
+    CompileError::Identity { identity: spec.name.clone(), problem }
+}
+
+fn register(
+    next_rule_id: &mut u32,
+    rules: &mut BTreeMap<u32, RuleInfo>,
+    spec: &IdentitySpec,
+    id: &str,
+    description: String,
+) -> u32 {
+    let rule_id = *next_rule_id;
+    *next_rule_id += 1;
+    rules.insert(rule_id, RuleInfo { identity: spec.name.clone(), id: id.to_string(), description });
+    rule_id
+}
+
+fn identity_policy(spec: &IdentitySpec) -> IdentityPolicy {
+    IdentityPolicy {
+        ruleset: 0,
+        mode: match spec.mode {
+            Mode::Enforce => mode::ENFORCE,
+            Mode::Audit => mode::AUDIT,
+        },
+        audit: match spec.audit {
+            AuditLevel::Decisions => audit_level::DECISIONS,
+            AuditLevel::All => audit_level::ALL,
+        },
+        default_file: spec.defaults.file as u8,
+        default_network: spec.defaults.network as u8,
+        default_exec: spec.defaults.exec as u8,
+        on_expiry: spec.on_expiry as u8,
+        file_deny_fallback: spec.file_deny_fallback as u8,
+        _pad: 0,
+    }
+}
+
+pub fn describe_ports(ports: &[(u16, u16)]) -> String {
+    if ports.is_empty() {
+        return "any".into();
+    }
+    let parts: Vec<String> = ports
+        .iter()
+        .map(|(low, high)| if low == high { low.to_string() } else { format!("{low}-{high}") })
+        .collect();
+    parts.join(",")
+}
+
+/// Adds a path rule to the prefix or suffix trie builder.
+fn add_path_rule(
+    rule: &PathRuleSpec,
+    rule_id: u32,
+    prefix: &mut EntryBuilder,
+    suffix: &mut EntryBuilder,
+) -> Result<(), String> {
+    let candidate = |match_len: usize| PathRule {
+        rule_id,
+        match_len: match_len as u16,
+        access: rule.access,
+        verdict: rule.action as u8,
+        expires_at_ns: rule.expires_at_boot_ns.unwrap_or(0),
+    };
+    if rule.access == 0 {
+        return Err("the rule covers no access".into());
+    }
+    match &rule.pattern {
+        PathPattern::Exact(path) => {
+            check_absolute(path)?;
+            // The NUL terminator makes the entry match only the whole path,
+            // and one byte longer than a directory rule of the same text.
+            let mut bytes = path.as_bytes().to_vec();
+            bytes.push(0);
+            check_length(&bytes, path)?;
+            prefix.add(bytes, candidate(path.len() + 1));
+        }
+        PathPattern::Directory(dir) => {
+            check_absolute(dir)?;
+            let dir = if dir.ends_with('/') { dir.clone() } else { format!("{dir}/") };
+            check_length(dir.as_bytes(), &dir)?;
+            prefix.add(dir.as_bytes().to_vec(), candidate(dir.len()));
+            if dir.len() > 1 {
+                // The directory itself, opened to list it.
+                let mut itself = dir.as_bytes()[..dir.len() - 1].to_vec();
+                itself.push(0);
+                prefix.add(itself, candidate(dir.len()));
+            }
+        }
+        PathPattern::Name(name) => {
+            if name.is_empty() || name.contains('/') {
+                return Err(format!("name {name:?} must be a file name without '/'"));
+            }
+            let bytes: Vec<u8> = format!("/{name}").bytes().rev().collect();
+            check_length(&bytes, name)?;
+            let len = bytes.len();
+            suffix.add(bytes, candidate(len));
+        }
+        PathPattern::Suffix(tail) => {
+            if tail.is_empty() {
+                return Err("suffix must not be empty".into());
+            }
+            let bytes: Vec<u8> = tail.bytes().rev().collect();
+            check_length(&bytes, tail)?;
+            let len = bytes.len();
+            suffix.add(bytes, candidate(len));
+        }
+    }
+    Ok(())
+}
+
+fn check_absolute(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') && !path.starts_with('@') {
+        return Err(format!("path {path:?} must be absolute"));
+    }
+    if path.split('/').any(|part| part == ".." || part == ".") {
+        return Err(format!("path {path:?} must not contain '.' or '..' components (the kernel matches resolved paths)"));
+    }
+    if path.as_bytes().contains(&0) {
+        return Err(format!("path {path:?} contains a NUL byte"));
+    }
+    Ok(())
+}
+
+fn check_length(bytes: &[u8], shown: &str) -> Result<(), String> {
+    if bytes.len() > PATH_KEY_BYTES {
+        return Err(format!(
+            "{shown:?} is {} bytes; the kernel matches at most {PATH_KEY_BYTES} bytes of a rule path",
+            bytes.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Collects rules by key bytes, then gives each entry the rules of the entries covering it.
+#[derive(Default)]
+struct EntryBuilder {
+    own: BTreeMap<Vec<u8>, Vec<PathRule>>,
+}
+
+impl EntryBuilder {
+    fn add(&mut self, bytes: Vec<u8>, rule: PathRule) {
+        self.own.entry(bytes).or_default().push(rule);
+    }
+
+    fn build(self) -> Result<Vec<PathEntry>, Vec<String>> {
+        let mut entries = Vec::new();
+        let mut errors = Vec::new();
+        for bytes in self.own.keys() {
+            let mut candidates: Vec<PathRule> = self
+                .own
+                .iter()
+                .filter(|(other, _)| bytes.starts_with(other))
+                .flat_map(|(_, rules)| rules.iter().copied())
+                .collect();
+            candidates.sort_by(|a, b| b.match_len.cmp(&a.match_len).then(b.verdict.cmp(&a.verdict)));
+            match fill_path_list(&candidates) {
+                Some(rules) => entries.push(PathEntry { bytes: bytes.clone(), rules }),
+                None => errors.push(format!(
+                    "{} rules overlap at {:?}; at most {RULES_PER_ENTRY} can cover one path",
+                    candidates.len(),
+                    String::from_utf8_lossy(bytes)
+                )),
+            }
+        }
+        if errors.is_empty() { Ok(entries) } else { Err(errors) }
+    }
+}
+
+fn fill_path_list(candidates: &[PathRule]) -> Option<PathRuleList> {
+    if candidates.len() > RULES_PER_ENTRY {
+        return None;
+    }
+    let mut list = PathRuleList { count: candidates.len() as u32, ..PathRuleList::default() };
+    list.rules[..candidates.len()].copy_from_slice(candidates);
+    Some(list)
+}
+
+/// An address block in the v6 space the kernel trie uses (IPv4 as ::ffff:a.b.c.d/96+len).
+pub fn mapped_network(addr: IpAddr, prefix_len: u8) -> Result<([u8; 16], u8), String> {
+    let (bytes, bits) = match addr {
+        IpAddr::V4(v4) => {
+            if prefix_len > 32 {
+                return Err(format!("{addr}/{prefix_len} is not a valid CIDR"));
+            }
+            (v4.to_ipv6_mapped().octets(), 96 + prefix_len)
+        }
+        IpAddr::V6(v6) => {
+            if prefix_len > 128 {
+                return Err(format!("{addr}/{prefix_len} is not a valid CIDR"));
+            }
+            (v6.octets(), prefix_len)
+        }
+    };
+    Ok((mask(bytes, bits), bits))
+}
+
+fn mask(mut bytes: [u8; 16], bits: u8) -> [u8; 16] {
+    for (index, byte) in bytes.iter_mut().enumerate() {
+        let start = index as u32 * 8;
+        let keep = (bits as u32).saturating_sub(start).min(8);
+        *byte &= if keep == 0 { 0 } else { 0xffu8 << (8 - keep) };
+    }
+    bytes
+}
+
+fn covers(outer: &([u8; 16], u8), inner: &([u8; 16], u8)) -> bool {
+    outer.1 <= inner.1 && mask(inner.0, outer.1) == outer.0
+}
+
+fn build_net_entries(rules: Vec<(([u8; 16], u8), NetRule)>) -> Result<Vec<NetEntry>, Vec<String>> {
+    let mut networks: Vec<([u8; 16], u8)> = rules.iter().map(|(network, _)| *network).collect();
+    networks.sort();
+    networks.dedup();
+    let mut entries = Vec::new();
+    let mut errors = Vec::new();
+    for network in networks {
+        let mut candidates: Vec<NetRule> =
+            rules.iter().filter(|(outer, _)| covers(outer, &network)).map(|(_, rule)| *rule).collect();
+        candidates.sort_by(|a, b| b.prefix_len.cmp(&a.prefix_len).then(b.verdict.cmp(&a.verdict)));
+        if candidates.len() > RULES_PER_ENTRY {
+            errors.push(format!(
+                "{} network rules (counting each port range) overlap at {}; at most {RULES_PER_ENTRY} can cover one address",
+                candidates.len(),
+                describe_network(&network)
+            ));
+            continue;
+        }
+        let mut list = NetRuleList { count: candidates.len() as u32, ..NetRuleList::default() };
+        list.rules[..candidates.len()].copy_from_slice(&candidates);
+        entries.push(NetEntry { addr: network.0, prefix_len: network.1, rules: list });
+    }
+    if errors.is_empty() { Ok(entries) } else { Err(errors) }
+}
+
+fn describe_network(network: &([u8; 16], u8)) -> String {
+    let v6 = std::net::Ipv6Addr::from(network.0);
+    match v6.to_ipv4_mapped() {
+        Some(v4) if network.1 >= 96 => format!("{v4}/{}", network.1 - 96),
+        _ => format!("{v6}/{}", network.1),
+    }
+}
+
+/// Whether a verdict is one policy may use for file deny fallback.
+pub fn valid_fallback(verdict: Verdict) -> bool {
+    matches!(verdict, Verdict::Kill | Verdict::Flag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::model::{NetRuleSpec, PathRuleSpec};
+    use rtid_common::{select_path_rule, access};
+
+    fn entry<'a>(entries: &'a [PathEntry], bytes: &[u8]) -> &'a PathEntry {
+        entries.iter().find(|entry| entry.bytes == bytes).expect("entry present")
+    }
+
+    #[test]
+    fn directory_entries_inherit_covering_rules_longest_first() {
+        let mut spec = IdentitySpec::new("coder");
+        spec.files.push(PathRuleSpec::file("srv", PathPattern::Directory("/srv/".into()), Verdict::Flag));
+        spec.files.push(PathRuleSpec::file("secret", PathPattern::Directory("/srv/secret/".into()), Verdict::Deny));
+        spec.files.push(PathRuleSpec::file("key", PathPattern::Exact("/srv/secret/key".into()), Verdict::Allow));
+        let compiled = compile(&[spec]).expect("compiles");
+        let identity = &compiled.identities[0];
+        let exact = entry(&identity.prefix_entries, b"/srv/secret/key\0");
+        let ids: Vec<u32> = exact.rules.rules[..exact.rules.count as usize].iter().map(|r| r.rule_id).collect();
+        assert_eq!(ids, vec![3, 2, 1]);
+        let picked = select_path_rule(&exact.rules, access::READ, 0).expect("a rule");
+        assert_eq!(picked.rule_id, 3);
+        // The directory itself is covered by its rule.
+        let itself = entry(&identity.prefix_entries, b"/srv/secret\0");
+        assert_eq!(select_path_rule(&itself.rules, access::READ, 0).map(|r| r.rule_id), Some(2));
+    }
+
+    #[test]
+    fn equal_length_prefers_the_stricter_verdict() {
+        let mut spec = IdentitySpec::new("coder");
+        spec.files.push(PathRuleSpec::file("allow", PathPattern::Directory("/data/".into()), Verdict::Allow));
+        spec.files.push(PathRuleSpec::file("deny", PathPattern::Directory("/data/".into()), Verdict::Deny));
+        let compiled = compile(&[spec]).expect("compiles");
+        let dir = entry(&compiled.identities[0].prefix_entries, b"/data/");
+        assert_eq!(select_path_rule(&dir.rules, access::READ, 0).map(|r| r.verdict), Some(Verdict::Deny));
+    }
+
+    #[test]
+    fn names_and_suffixes_are_stored_reversed() {
+        let mut spec = IdentitySpec::new("coder");
+        spec.files.push(PathRuleSpec::file("env", PathPattern::Name(".env".into()), Verdict::StepUp));
+        spec.files.push(PathRuleSpec::file("pem", PathPattern::Suffix(".pem".into()), Verdict::Flag));
+        let compiled = compile(&[spec]).expect("compiles");
+        let identity = &compiled.identities[0];
+        assert!(identity.suffix_entries.iter().any(|e| e.bytes == b"vne./"));
+        assert!(identity.suffix_entries.iter().any(|e| e.bytes == b"mep."));
+    }
+
+    #[test]
+    fn errors_name_identity_and_rule_and_are_all_reported() {
+        let mut spec = IdentitySpec::new("coder");
+        spec.files.push(PathRuleSpec::file("relative", PathPattern::Exact("etc/passwd".into()), Verdict::Deny));
+        spec.files.push(PathRuleSpec::file("long", PathPattern::Exact(format!("/{}", "a".repeat(300))), Verdict::Deny));
+        spec.network.push(NetRuleSpec::cidr("bad", "10.0.0.0".parse().unwrap(), 33, vec![], Verdict::Deny));
+        let errors = compile(&[spec]).expect_err("invalid");
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert!(text[0].contains("identity coder: rule relative"), "{text:?}");
+        assert!(text[1].contains("at most 252 bytes"), "{text:?}");
+        assert!(text[2].contains("10.0.0.0/33 is not a valid CIDR"), "{text:?}");
+    }
+
+    #[test]
+    fn network_entries_inherit_shorter_prefixes() {
+        let mut spec = IdentitySpec::new("coder");
+        spec.network.push(NetRuleSpec::cidr("lan", "10.0.0.0".parse().unwrap(), 8, vec![], Verdict::Deny));
+        spec.network.push(NetRuleSpec::cidr("web", "10.1.0.0".parse().unwrap(), 16, vec![(443, 443)], Verdict::Allow));
+        let compiled = compile(&[spec]).expect("compiles");
+        let entries = &compiled.identities[0].net_entries;
+        let web = entries.iter().find(|e| e.prefix_len == 112).expect("/16 entry");
+        assert_eq!(web.rules.count, 2);
+        let on_other_port = rtid_common::select_net_rule(&web.rules, 80, rtid_common::protocol::TCP, 0);
+        assert_eq!(on_other_port.map(|r| r.verdict), Some(Verdict::Deny));
+        let on_443 = rtid_common::select_net_rule(&web.rules, 443, rtid_common::protocol::TCP, 0);
+        assert_eq!(on_443.map(|r| r.verdict), Some(Verdict::Allow));
+    }
+}

@@ -1,0 +1,6 @@
+//! Policy: the model, and its compilation into kernel map entries.
+pub mod compile;
+pub mod model;
+
+pub use compile::{compile, CompileError, CompiledIdentity, CompiledPolicy, RuleInfo};
+pub use model::*;

@@ -1,0 +1,171 @@
+//! Identity in the kernel: inheritance across fork, exec and threads; cleanup
+//! at exit; pid reuse; expiry, revocation, audit mode and rule expiry.
+
+use std::time::Duration;
+
+use rtid_common::{DecisionSource, EventKind, Outcome};
+use rtid_tests::*;
+
+fn secret_identity(dir: &TestDir) -> IdentitySpec {
+    let mut spec = IdentitySpec::new("agent");
+    spec.files = vec![PathRuleSpec::file("secret", PathPattern::Directory(format!("{}/secret/", dir.0.display())), Verdict::Deny)];
+    spec
+}
+
+#[test]
+fn child_grandchild_and_thread_are_judged_under_the_identity() {
+    let dir = TestDir::new("inherit");
+    let secret = dir.file("secret/token", "s3cret");
+    let mut harness = Harness::start(vec![secret_identity(&dir)]);
+    let probe = probe_path().display().to_string();
+
+    // Child (fork+exec of the probe from the labeled probe).
+    let child = harness.probe_as("agent", &["spawn", &probe, "open", &secret]);
+    assert!(child.stdout.contains("signal: 9"), "child killed: {child:?}");
+    // Grandchild: the labeled probe spawns a shell that spawns the probe.
+    let grandchild = harness.probe_as("agent", &["spawn", "/bin/sh", "-c", &format!("{probe} open {secret}; exit 0")]);
+    assert!(grandchild.succeeded(), "the shell itself survives: {grandchild:?}");
+    assert!(!grandchild.stdout.contains("s3cret"), "grandchild never read the secret: {grandchild:?}");
+    // Second thread.
+    let thread = harness.probe_as("agent", &["thread-open", &secret]);
+    assert!(thread.killed(), "a second thread acts under the process identity: {thread:?}");
+
+    let id = harness.identity_id("agent");
+    let start = harness.expect_event("process start of the child", |e| e.kind == EventKind::ProcessStart as u8 && e.tgid == child.pid);
+    assert_eq!(start.identity, id);
+    assert_ne!(start.related_tgid, 0);
+    let child_tgid = start.related_tgid;
+    let denied = harness.expect_event("child's denied open", |e| e.kind == EventKind::FileOpen as u8 && e.tgid == child_tgid);
+    assert_eq!(denied.identity, id);
+    assert_eq!(denied.parent_tgid, child.pid, "the event names the parent");
+    assert_ne!(denied.process_start_ns, 0);
+    harness.expect_event("exit of the child", |e| e.kind == EventKind::Exit as u8 && e.tgid == child_tgid);
+}
+
+#[test]
+fn untagged_processes_stay_untagged() {
+    let dir = TestDir::new("untagged-id");
+    let secret = dir.file("secret/token", "s3cret");
+    let mut harness = Harness::start(vec![secret_identity(&dir)]);
+    let run = harness.probe_untagged(&["spawn", &probe_path().display().to_string(), "open", &secret]);
+    assert!(run.succeeded() && run.stdout.contains("exit status: 0"), "{run:?}");
+}
+
+#[test]
+fn exit_removes_the_entry_and_a_reused_pid_is_not_identified() {
+    let dir = TestDir::new("reuse");
+    let mut harness = Harness::start(vec![secret_identity(&dir)]);
+    let run = harness.probe_as("agent", &["open", "/etc/hostname"]);
+    assert!(run.status.success() || run.stdout.starts_with("err"), "{run:?}");
+    harness.expect_event("exit", |e| e.kind == EventKind::Exit as u8 && e.tgid == run.pid);
+    assert_eq!(harness.kernel.process_identity(run.pid).expect("map read"), None, "entry removed at exit");
+
+    // Cycle pids until an untagged process gets the same pid (pid_max bounds the wait).
+    let target = run.pid;
+    let mut reused = None;
+    for _ in 0..200_000 {
+        let child = std::process::Command::new("/bin/true").spawn().expect("spawn");
+        let pid = child.id();
+        if pid == target {
+            reused = Some(child);
+            break;
+        }
+        let mut child = child;
+        let _ = child.wait();
+    }
+    let mut reused = reused.expect("pid was reused within the pid space");
+    assert_eq!(harness.kernel.process_identity(target).expect("map read"), None, "new process with the old pid is untagged");
+    let _ = reused.wait();
+}
+
+#[test]
+fn identity_expiry_denies_everything() {
+    let dir = TestDir::new("expiry");
+    let ordinary = dir.file("ordinary", "fine");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut harness = Harness::start(vec![secret_identity(&dir)]);
+    let before = harness.probe_as("agent", &["connect", &format!("127.0.0.1:{port}")]);
+    assert!(before.succeeded(), "{before:?}");
+    harness.kernel.set_identity_expiry("agent", Some(Duration::from_millis(1))).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let connect = harness.probe_as("agent", &["connect", &format!("127.0.0.1:{port}")]);
+    assert_eq!(connect.errno(), Some(1), "expired identity is refused connects: {connect:?}");
+    let open = harness.probe_as("agent", &["open", &ordinary]);
+    assert!(open.killed(), "expired identity cannot open (fallback kill): {open:?}");
+    let event = harness.expect_event("expired", |e| e.tgid == connect.pid && e.kind == EventKind::Connect as u8);
+    assert_eq!(event.decision, DecisionSource::IdentityExpired as u8);
+    assert_eq!(event.outcome, Outcome::Blocked as u8);
+}
+
+#[test]
+fn revocation_takes_effect_on_the_very_next_call() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let dir = TestDir::new("revoke");
+    let go = dir.path("go");
+    let mut harness = Harness::start(vec![secret_identity(&dir)]);
+    // One agent process connects, waits for the go file, then connects again.
+    let go_arg = go.clone();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = rtid_userspace::launch::fork_paused(
+        &[probe_path().display().to_string(), "connect-twice".into(), addr, go_arg],
+        true,
+    )
+    .expect("fork");
+    harness.kernel.label_pid(child.pid, "agent").unwrap();
+    child.release().unwrap();
+    // The first connect reached the listener: the identity was allowed then.
+    let (_first, _) = listener.accept().expect("first connect arrives");
+    harness.kernel.set_revoked("agent", true).unwrap();
+    std::fs::write(&go, "").unwrap();
+    let output = {
+        use std::io::Read;
+        let mut text = String::new();
+        std::fs::File::from(child.stdout.take().unwrap()).read_to_string(&mut text).ok();
+        text
+    };
+    child.wait().unwrap();
+    let lines: Vec<&str> = output.lines().collect();
+    assert_eq!(lines, vec!["ok connected", "err 1"], "the call right after revocation fails with EPERM");
+    let pid = child.pid;
+    let event = harness.expect_event("revoked", |e| e.tgid == pid && e.decision == DecisionSource::IdentityRevoked as u8);
+    assert_eq!(event.outcome, Outcome::Blocked as u8);
+}
+
+#[test]
+fn audit_mode_allows_and_reports_what_would_have_happened() {
+    let dir = TestDir::new("audit");
+    let secret = dir.file("secret/token", "s3cret");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut spec = secret_identity(&dir);
+    spec.mode = Mode::Audit;
+    spec.network = vec![NetRuleSpec::cidr("no-loopback", "127.0.0.1".parse().unwrap(), 32, vec![(port, port)], Verdict::Deny)];
+    let mut harness = Harness::start(vec![spec]);
+    let open = harness.probe_as("agent", &["open", &secret]);
+    assert!(open.succeeded(), "audit mode lets the open through: {open:?}");
+    let connect = harness.probe_as("agent", &["connect", &format!("127.0.0.1:{port}")]);
+    assert!(connect.succeeded(), "audit mode lets the connect through: {connect:?}");
+    for pid in [open.pid, connect.pid] {
+        let event = harness.expect_event("audit-only event", |e| e.tgid == pid && e.outcome == Outcome::AuditOnly as u8);
+        assert_eq!(event.verdict, Verdict::Deny as u8, "the event says what would have happened");
+        assert_ne!(event.flags & rtid_common::event_flags::AUDIT_MODE, 0);
+    }
+}
+
+#[test]
+fn a_rule_with_a_two_second_expiry_stops_applying() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut spec = IdentitySpec::new("agent");
+    let mut rule = NetRuleSpec::cidr("temporary", "127.0.0.1".parse().unwrap(), 32, vec![(port, port)], Verdict::Deny);
+    rule.expires_at_boot_ns = Some(rtid_userspace::loader::boot_time_ns() + 2_000_000_000);
+    spec.network = vec![rule];
+    let mut harness = Harness::start(vec![spec]);
+    let during = harness.probe_as("agent", &["connect", &format!("127.0.0.1:{port}")]);
+    assert_eq!(during.errno(), Some(1), "{during:?}");
+    std::thread::sleep(Duration::from_millis(2200));
+    let after = harness.probe_as("agent", &["connect", &format!("127.0.0.1:{port}")]);
+    assert!(after.succeeded(), "rule expired: {after:?}");
+}
