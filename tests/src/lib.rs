@@ -117,12 +117,15 @@ impl Harness {
             return *event;
         }
         let (events, found) = self.events.collect_until(EVENT_TIMEOUT, &wanted);
+        let base = self.seen.len();
         self.seen.extend(events);
-        if !found {
-            let summary: Vec<String> = self.seen.iter().map(describe).collect();
-            panic!("no event {what} within {EVENT_TIMEOUT:?}; saw:\n{}", summary.join("\n"));
+        match found {
+            Some(index) => self.seen[base + index],
+            None => {
+                let summary: Vec<String> = self.seen.iter().map(describe).collect();
+                panic!("no event {what} within {EVENT_TIMEOUT:?}; saw:\n{}", summary.join("\n"));
+            }
         }
-        *self.seen.last().expect("found event")
     }
 
     /// Reads whatever events arrive within `wait`.

@@ -50,21 +50,19 @@ impl EventReader {
     }
 
     /// Collects events until one satisfies `wanted` or `timeout` passes;
-    /// returns everything collected (the wanted one last, if found).
-    pub fn collect_until(&mut self, timeout: Duration, mut wanted: impl FnMut(&Event) -> bool) -> (Vec<Event>, bool) {
+    /// returns everything collected and the index of the wanted one.
+    pub fn collect_until(&mut self, timeout: Duration, mut wanted: impl FnMut(&Event) -> bool) -> (Vec<Event>, Option<usize>) {
         let deadline = Instant::now() + timeout;
-        let mut collected = Vec::new();
+        let mut collected: Vec<Event> = Vec::new();
         loop {
-            for event in self.drain() {
-                let found = wanted(&event);
-                collected.push(event);
-                if found {
-                    return (collected, true);
-                }
+            let first_new = collected.len();
+            collected.extend(self.drain());
+            if let Some(offset) = collected[first_new..].iter().position(&mut wanted) {
+                return (collected, Some(first_new + offset));
             }
             let now = Instant::now();
             if now >= deadline {
-                return (collected, false);
+                return (collected, None);
             }
             self.wait_readable((deadline - now).min(Duration::from_millis(50)));
         }

@@ -30,6 +30,16 @@ fn report(result: std::io::Result<String>) -> ! {
     }
 }
 
+/// `exit N` or `signal N`, for tests to match.
+fn describe_status(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit {code}"),
+        (None, Some(signal)) => format!("signal {signal}"),
+        _ => "unknown".into(),
+    }
+}
+
 fn open(path: &str, write: bool) -> std::io::Result<String> {
     let mut file = OpenOptions::new().read(!write).write(write).open(path)?;
     if write {
@@ -95,7 +105,7 @@ fn main() {
         // Runs a command and reports how it ended.
         "spawn" => {
             let status = Command::new(arg(1)).args(&args[2..]).status();
-            report(status.map(|status| format!("{status:?}")))
+            report(status.map(describe_status))
         }
         // Writes a marker file: proves the binary ran.
         "marker" => report(std::fs::write(arg(1), b"ran\n").map(|_| "marker".into())),
@@ -108,7 +118,7 @@ fn main() {
                 report(Ok("idle".into()))
             }
             let status = Command::new(env::current_exe().unwrap_or_default()).args(&command).status();
-            report(status.map(|status| format!("{status:?}")))
+            report(status.map(describe_status))
         }
         // Exec without fork: replaces this process.
         "exec" => {
