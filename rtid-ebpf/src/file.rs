@@ -22,30 +22,10 @@ use crate::{
 /// 8-byte common header and the syscall number): the ABI of syscall exit events.
 const SYS_EXIT_RET: usize = 16;
 
-// syscalls/sys_exit_{open,openat,openat2,creat,open_by_handle_at}: `long ret`,
-// the new descriptor. All five share one judgement.
+/// syscalls/sys_exit_{open,openat,openat2,creat,open_by_handle_at}: `long ret`,
+/// the new descriptor. One program, attached by the loader to all five.
 #[tracepoint(category = "syscalls", name = "sys_exit_openat")]
-pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
-    on_open_exit(&ctx)
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_open")]
 pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
-    on_open_exit(&ctx)
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_openat2")]
-pub fn sys_exit_openat2(ctx: TracePointContext) -> u32 {
-    on_open_exit(&ctx)
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_creat")]
-pub fn sys_exit_creat(ctx: TracePointContext) -> u32 {
-    on_open_exit(&ctx)
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_open_by_handle_at")]
-pub fn sys_exit_open_by_handle_at(ctx: TracePointContext) -> u32 {
     on_open_exit(&ctx)
 }
 

@@ -88,6 +88,12 @@ impl Harness {
         Harness { kernel, events, seen: Vec::new() }
     }
 
+    /// Swaps in a new policy (atomically, as a reload does).
+    pub fn install(&mut self, identities: Vec<IdentitySpec>) {
+        let compiled = compile(&identities).unwrap_or_else(|errors| panic!("policy does not compile: {errors:?}"));
+        self.kernel.install(compiled).unwrap_or_else(|error| panic!("installing policy: {error}"));
+    }
+
     /// Runs `rtid-probe ARGS` labeled with `identity` before it execs; waits for it.
     pub fn probe_as(&mut self, identity: &str, args: &[&str]) -> ProbeRun {
         let mut argv = vec![probe_path().display().to_string()];

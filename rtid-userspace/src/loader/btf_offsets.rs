@@ -1,43 +1,61 @@
 //! Kernel struct member offsets, read from the running kernel's BTF.
 //!
-//! The kernel programs walk `task_struct`, `file`, `dentry` and friends. Their
-//! layouts differ between kernels and configs, so no offset is compiled in:
-//! they are looked up here at load time and handed to the programs as
-//! constants. One binary then runs on every kernel with BTF.
+//! The kernel programs walk `task_struct`, `file`, `dentry` and friends by hand.
+//! Those layouts change between kernel versions and configs, so no offset is
+//! compiled in: one rtid binary has to run on every kernel with BTF. The
+//! offsets are looked up here at load time, from `/sys/kernel/btf/vmlinux`, and
+//! handed to the programs as load-time constants ([`KernelOffsets`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use btf_rs::{Btf, Type};
+use btf_rs::{Btf, Member, Struct, Type};
 use rtid_common::KernelOffsets;
 
+/// Where the running kernel exposes its own BTF.
+pub const RUNNING_KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Why a kernel offset could not be found.
 #[derive(Debug, thiserror::Error)]
 pub enum OffsetError {
-    #[error("reading BTF from {path}: {message}")]
-    Read { path: String, message: String },
-    #[error("struct {0} not found in kernel BTF")]
-    MissingStruct(String),
+    #[error("reading kernel BTF from {}: {source}", path.display())]
+    Read { path: PathBuf, source: btf_rs::Error },
+    #[error("struct {structure} not found in kernel BTF")]
+    MissingStruct { structure: String },
     #[error("member {member} of struct {structure} not found in kernel BTF")]
     MissingMember { structure: String, member: String },
     #[error("member {member} of struct {structure} is a bitfield or not byte-aligned")]
-    Unaligned { structure: String, member: String },
+    NotByteAligned { structure: String, member: String },
+    #[error("kernel BTF is malformed around member {member} of struct {structure}: {source}")]
+    Malformed { structure: String, member: String, source: btf_rs::Error },
 }
 
-/// Offsets for the running kernel (/sys/kernel/btf/vmlinux).
+/// Offsets for the running kernel, from [`RUNNING_KERNEL_BTF`].
+///
+/// # Errors
+/// When the BTF cannot be read, or a struct or member is missing from it.
 pub fn running_kernel_offsets() -> Result<KernelOffsets, OffsetError> {
-    kernel_offsets_from_btf(Path::new("/sys/kernel/btf/vmlinux"))
+    kernel_offsets_from_btf(Path::new(RUNNING_KERNEL_BTF))
 }
 
+/// Offsets for the kernel whose (base, not split) BTF is at `vmlinux_btf`.
+///
+/// # Errors
+/// When the file cannot be read as BTF, or a struct or member is missing from
+/// it, is a bitfield or is not byte-aligned.
 pub fn kernel_offsets_from_btf(vmlinux_btf: &Path) -> Result<KernelOffsets, OffsetError> {
-    let btf = Btf::from_file(vmlinux_btf)
-        .map_err(|error| OffsetError::Read { path: vmlinux_btf.display().to_string(), message: error.to_string() })?;
-    let at = |structure: &str, member: &str| member_offset(&btf, structure, member);
+    let btf =
+        Btf::from_file(vmlinux_btf).map_err(|source| OffsetError::Read { path: vmlinux_btf.to_path_buf(), source })?;
+    offsets(&btf)
+}
+
+fn offsets(btf: &Btf) -> Result<KernelOffsets, OffsetError> {
+    let at = |structure: &str, member: &str| member_offset(btf, structure, member);
     Ok(KernelOffsets {
         task_pid: at("task_struct", "pid")?,
         task_tgid: at("task_struct", "tgid")?,
         task_real_parent: at("task_struct", "real_parent")?,
         task_group_leader: at("task_struct", "group_leader")?,
-        // Renamed in 5.5.
-        task_start_boottime: at("task_struct", "start_boottime").or_else(|_| at("task_struct", "real_start_time"))?,
+        task_start_boottime: task_start_boottime(btf)?,
         task_files: at("task_struct", "files")?,
         task_signal: at("task_struct", "signal")?,
         signal_live: at("signal_struct", "live")?,
@@ -64,72 +82,194 @@ pub fn kernel_offsets_from_btf(vmlinux_btf: &Path) -> Result<KernelOffsets, Offs
     })
 }
 
-/// Byte offset of `member` in `struct structure`, looking inside anonymous
-/// structs and unions (on 6.18 `file.f_path` sits in one).
-fn member_offset(btf: &Btf, structure: &str, member: &str) -> Result<u32, OffsetError> {
-    let types = btf.resolve_types_by_name(structure).map_err(|_| OffsetError::MissingStruct(structure.into()))?;
-    let found = types.iter().find_map(|candidate| match candidate {
-        Type::Struct(definition) if !definition.members.is_empty() => Some(definition.clone()),
-        _ => None,
-    });
-    let definition = found.ok_or_else(|| OffsetError::MissingStruct(structure.into()))?;
-    let bits = find_member_bits(btf, &definition, member, structure)?
-        .ok_or_else(|| OffsetError::MissingMember { structure: structure.into(), member: member.into() })?;
-    if bits % 8 != 0 {
-        return Err(OffsetError::Unaligned { structure: structure.into(), member: member.into() });
+/// `task_struct.start_boottime`, called `real_start_time` before Linux 5.5.
+fn task_start_boottime(btf: &Btf) -> Result<u32, OffsetError> {
+    match member_offset(btf, "task_struct", "start_boottime") {
+        Err(missing @ OffsetError::MissingMember { .. }) => {
+            member_offset(btf, "task_struct", "real_start_time").map_err(|_| missing)
+        }
+        found => found,
     }
-    Ok(bits / 8)
 }
 
-fn find_member_bits(
-    btf: &Btf,
-    definition: &btf_rs::Struct,
-    member: &str,
-    structure: &str,
-) -> Result<Option<u32>, OffsetError> {
+/// Byte offset of `member` in `struct structure`, looking through anonymous
+/// structs and unions (on 6.18 `file.f_path` sits in an anonymous union).
+fn member_offset(btf: &Btf, structure: &str, member: &str) -> Result<u32, OffsetError> {
+    let malformed = |source| OffsetError::Malformed { structure: structure.into(), member: member.into(), source };
+    let definition = find_struct(btf, structure).map_err(malformed)?;
+    let definition = definition.ok_or_else(|| OffsetError::MissingStruct { structure: structure.into() })?;
+    let bits = member_bit_offset(btf, &definition, member).map_err(malformed)?;
+    match bits {
+        None => Err(OffsetError::MissingMember { structure: structure.into(), member: member.into() }),
+        Some(MemberBits::Field(bits)) if bits % 8 == 0 => Ok(bits / 8),
+        Some(_) => Err(OffsetError::NotByteAligned { structure: structure.into(), member: member.into() }),
+    }
+}
+
+/// The first `struct name` that has members (a definition, not a stub).
+fn find_struct(btf: &Btf, name: &str) -> btf_rs::Result<Option<Struct>> {
+    let found = btf.resolve_types_by_name(name)?.into_iter().find_map(|candidate| match candidate {
+        Type::Struct(definition) if !definition.members.is_empty() => Some(definition),
+        _ => None,
+    });
+    Ok(found)
+}
+
+/// Where a member sits, in bits from the start of the outermost struct.
+#[derive(Debug, PartialEq, Eq)]
+enum MemberBits {
+    Field(u32),
+    Bitfield,
+}
+
+/// Finds `member` among the members of `definition`, descending into anonymous
+/// members and adding their offsets.
+fn member_bit_offset(btf: &Btf, definition: &Struct, member: &str) -> btf_rs::Result<Option<MemberBits>> {
     for candidate in &definition.members {
-        let name = btf.resolve_name(candidate).unwrap_or_default();
+        let name = btf.resolve_name(candidate)?;
         if name == member {
-            if candidate.bitfield_size().is_some_and(|size| size != 0) {
-                return Err(OffsetError::Unaligned { structure: structure.into(), member: member.into() });
-            }
-            return Ok(Some(candidate.bit_offset()));
+            return Ok(Some(placement(candidate)));
         }
-        if name.is_empty() {
-            let nested = match btf.resolve_chained_type(candidate) {
-                Ok(Type::Struct(nested)) | Ok(Type::Union(nested)) => nested,
-                _ => continue,
-            };
-            if let Some(inner) = find_member_bits(btf, &nested, member, structure)? {
-                return Ok(Some(candidate.bit_offset() + inner));
-            }
+        if !name.is_empty() {
+            continue;
+        }
+        let Some(nested) = anonymous_aggregate(btf, candidate)? else {
+            continue;
+        };
+        if let Some(inner) = member_bit_offset(btf, &nested, member)? {
+            return Ok(Some(match inner {
+                MemberBits::Field(bits) => MemberBits::Field(candidate.bit_offset() + bits),
+                MemberBits::Bitfield => MemberBits::Bitfield,
+            }));
         }
     }
     Ok(None)
+}
+
+/// Bit offset of a member, unless it is a bitfield. In a struct with the kind
+/// flag set (what pahole emits for any struct holding bitfields) the member
+/// carries the bitfield size, 0 for an ordinary member. Without the flag the
+/// size sits in the member's int type, which btf-rs does not expose: such a
+/// bitfield is refused by [`member_offset`] only when not byte-aligned.
+fn placement(member: &Member) -> MemberBits {
+    match member.bitfield_size() {
+        Some(size) if size != 0 => MemberBits::Bitfield,
+        _ => MemberBits::Field(member.bit_offset()),
+    }
+}
+
+/// The struct or union an anonymous member stands for, through any typedef or
+/// qualifier; `None` for anything else (an unnamed bitfield padding, say).
+fn anonymous_aggregate(btf: &Btf, member: &Member) -> btf_rs::Result<Option<Struct>> {
+    let mut resolved = btf.resolve_chained_type(member)?;
+    loop {
+        resolved = match resolved {
+            Type::Struct(aggregate) | Type::Union(aggregate) => return Ok(Some(aggregate)),
+            Type::Typedef(_) | Type::Const(_) | Type::Volatile(_) | Type::Restrict(_) | Type::TypeTag(_) => {
+                match resolved.as_btf_type() {
+                    Some(link) => btf.resolve_chained_type(link)?,
+                    None => return Ok(None),
+                }
+            }
+            _ => return Ok(None),
+        };
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn kernel_btf() -> Btf {
+        Btf::from_file(RUNNING_KERNEL_BTF).expect("kernel BTF at /sys/kernel/btf/vmlinux")
+    }
+
     #[test]
-    fn offsets_of_the_running_kernel_resolve() {
+    fn every_offset_of_the_running_kernel_resolves() {
         let offsets = running_kernel_offsets().expect("offsets from /sys/kernel/btf/vmlinux");
+        println!("{offsets:#?}");
         assert_eq!(offsets.valid, 1);
         assert_eq!(offsets.path_mnt, 0, "struct path starts with mnt");
         assert_eq!(offsets.path_dentry, 8);
         assert_eq!(offsets.qstr_name, 8);
-        assert_ne!(offsets.file_f_path, 0);
-        assert_ne!(offsets.task_tgid, 0);
-        assert!(offsets.task_tgid > offsets.task_pid || offsets.task_tgid == offsets.task_pid + 4);
+        assert_ne!(offsets.file_f_path, 0, "f_path is not the first member of struct file");
+        assert_ne!(offsets.task_tgid, offsets.task_pid);
     }
 
     #[test]
-    fn a_missing_member_is_named() {
-        let btf = Btf::from_file("/sys/kernel/btf/vmlinux").expect("kernel BTF");
-        let error = member_offset(&btf, "task_struct", "no_such_member").expect_err("missing");
-        assert_eq!(error.to_string(), "member no_such_member of struct task_struct not found in kernel BTF");
-        let error = member_offset(&btf, "no_such_struct_rtid", "x").expect_err("missing");
-        assert!(error.to_string().contains("no_such_struct_rtid"));
+    #[cfg(target_endian = "little")]
+    fn members_inside_nested_anonymous_aggregates_resolve() {
+        // struct qstr { union { struct { u32 hash; u32 len; }; u64 hash_len; }; const char *name; }
+        assert_eq!(member_offset(&kernel_btf(), "qstr", "len").expect("qstr.len"), 4);
+    }
+
+    #[test]
+    fn a_missing_struct_or_member_is_named() {
+        let btf = kernel_btf();
+        let error = member_offset(&btf, "task_struct", "no_such_member_rtid").expect_err("missing member");
+        assert!(matches!(&error, OffsetError::MissingMember { structure, member }
+            if structure == "task_struct" && member == "no_such_member_rtid"));
+        assert_eq!(error.to_string(), "member no_such_member_rtid of struct task_struct not found in kernel BTF");
+
+        let error = member_offset(&btf, "no_such_struct_rtid", "pid").expect_err("missing struct");
+        assert!(matches!(&error, OffsetError::MissingStruct { structure } if structure == "no_such_struct_rtid"));
+        assert_eq!(error.to_string(), "struct no_such_struct_rtid not found in kernel BTF");
+    }
+
+    #[test]
+    fn an_unreadable_btf_file_is_named() {
+        let error = kernel_offsets_from_btf(Path::new("/nonexistent/rtid/vmlinux")).expect_err("no such file");
+        assert!(matches!(&error, OffsetError::Read { path, .. } if path == Path::new("/nonexistent/rtid/vmlinux")));
+        assert!(error.to_string().contains("/nonexistent/rtid/vmlinux"));
+    }
+
+    /// Raw BTF with `int` and two structs: `struct flagged { int a:3; int b:5; int c; }`
+    /// (kind flag set) and `struct plain { int d; <int at bit 36> e; }` (kind flag clear).
+    fn bitfield_btf() -> Vec<u8> {
+        const STRINGS: &[u8] = b"\0int\0flagged\0a\0b\0c\0plain\0d\0e\0";
+        const INT: u32 = 1;
+        const STRUCT: u32 = 4;
+        let name = |text: &str| {
+            let needle = [b"\0", text.as_bytes(), b"\0"].concat();
+            let at = STRINGS.windows(needle.len()).position(|window| window == needle).expect("string");
+            u32::try_from(at + 1).expect("small offset")
+        };
+        let info = |kind: u32, kind_flag: u32, vlen: u32| (kind_flag << 31) | (kind << 24) | vlen;
+        let records: [&[u32]; 8] = [
+            // [1] int: size 4, signed, 32 bits.
+            &[name("int"), info(INT, 0, 0), 4, (1 << 24) | 32],
+            // [2] struct flagged: members carry (bitfield size << 24) | bit offset.
+            &[name("flagged"), info(STRUCT, 1, 3), 8],
+            &[name("a"), 1, 3 << 24],
+            &[name("b"), 1, (5 << 24) | 3],
+            &[name("c"), 1, 32],
+            // [3] struct plain: members carry the bit offset only.
+            &[name("plain"), info(STRUCT, 0, 2), 12],
+            &[name("d"), 1, 0],
+            &[name("e"), 1, 36],
+        ];
+        let types: Vec<u8> = records.concat().iter().flat_map(|word| word.to_le_bytes()).collect();
+        let types_len = u32::try_from(types.len()).expect("small");
+        let strings_len = u32::try_from(STRINGS.len()).expect("small");
+        // magic, version 1, flags 0, then hdr_len, type_off, type_len, str_off, str_len.
+        let mut blob = [0xeb9f_u16.to_le_bytes(), [1, 0]].concat();
+        for word in [24, 0, types_len, types_len, strings_len] {
+            blob.extend_from_slice(&word.to_le_bytes());
+        }
+        [blob, types, STRINGS.to_vec()].concat()
+    }
+
+    #[test]
+    fn bitfields_and_unaligned_members_are_refused() {
+        let btf = Btf::from_bytes(&bitfield_btf()).expect("synthetic BTF");
+        assert_eq!(member_offset(&btf, "flagged", "c").expect("flagged.c"), 4);
+        assert_eq!(member_offset(&btf, "plain", "d").expect("plain.d"), 0);
+        for (structure, member) in [("flagged", "a"), ("flagged", "b"), ("plain", "e")] {
+            let error = member_offset(&btf, structure, member).expect_err("not byte-addressable");
+            assert!(
+                matches!(&error, OffsetError::NotByteAligned { structure: s, member: m } if s == structure && m == member),
+                "{structure}.{member}: {error}"
+            );
+        }
     }
 }

@@ -100,7 +100,8 @@ pub struct RtidKernel {
     policy: CompiledPolicy,
 }
 
-/// Syscall-exit tracepoints judging opens where LSM `file_open` is unavailable.
+/// Syscall-exit tracepoints judging opens where LSM `file_open` is unavailable:
+/// one program (`sys_exit_open`) attached to each.
 const FILE_TRACEPOINTS: [&str; 5] =
     ["sys_exit_openat", "sys_exit_open", "sys_exit_openat2", "sys_exit_creat", "sys_exit_open_by_handle_at"];
 /// Syscall-entry tracepoints judging AF_UNIX connects and sends where LSM socket hooks are unavailable.
@@ -126,10 +127,12 @@ impl RtidKernel {
         }
         attach_sched(&mut ebpf, &btf)?;
         if !lsm.file {
-            attach_syscalls(&mut ebpf, &FILE_TRACEPOINTS)?;
+            attach_tracepoint(&mut ebpf, "sys_exit_open", &FILE_TRACEPOINTS)?;
         }
         if !lsm.net {
-            attach_syscalls(&mut ebpf, &UNIX_TRACEPOINTS)?;
+            for name in UNIX_TRACEPOINTS {
+                attach_tracepoint(&mut ebpf, name, &[name])?;
+            }
             attach_cgroup_sock(&mut ebpf)?;
         }
         let mut maps = KernelMaps::take(&mut ebpf)?;
@@ -270,11 +273,12 @@ fn attach_sched(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), LoadError> {
     Ok(())
 }
 
-fn attach_syscalls(ebpf: &mut Ebpf, names: &[&'static str]) -> Result<(), LoadError> {
-    for &name in names {
-        let program: &mut TracePoint = program_mut(ebpf, name)?;
-        program.load().map_err(|source| LoadError::Program { program: name, source })?;
-        program.attach("syscalls", name).map_err(|source| LoadError::Program { program: name, source })?;
+/// Loads the syscall tracepoint program `program` once and attaches it to each of `tracepoints`.
+fn attach_tracepoint(ebpf: &mut Ebpf, program: &'static str, tracepoints: &[&'static str]) -> Result<(), LoadError> {
+    let loaded: &mut TracePoint = program_mut(ebpf, program)?;
+    loaded.load().map_err(|source| LoadError::Program { program, source })?;
+    for &tracepoint in tracepoints {
+        loaded.attach("syscalls", tracepoint).map_err(|source| LoadError::Program { program: tracepoint, source })?;
     }
     Ok(())
 }

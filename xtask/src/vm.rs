@@ -1,0 +1,220 @@
+//! `cargo xtask vm-test`: the BPF LSM suite, run for real inside a VM.
+//!
+//! This host refuses LSM programs, so the suite boots Debian's kernel (where
+//! BPF LSM is active) under qemu with software emulation. The initramfs holds
+//! busybox, the test executable and the probe with their shared libraries, and
+//! an /init that mounts the kernel filesystems, runs the suite and reports its
+//! exit status on the serial console, which is streamed here as it runs.
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    io::{BufRead, BufReader},
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+
+use crate::command::{cargo, output, checked, workspace_root};
+
+/// Marker the guest prints with the suite's exit status.
+const EXIT_MARKER: &str = "RTID-VM-EXIT=";
+/// The whole VM run, boot included; TCG runs code 10 to 50 times slower.
+const VM_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// Builds the named integration test target and returns its executable.
+fn build_test_executable(target: &str) -> anyhow::Result<PathBuf> {
+    let out = cargo()
+        .args(["test", "-p", "rtid-tests", "--test", target, "--no-run", "--message-format=json"])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("building the test executable")?;
+    if !out.status.success() {
+        bail!("building test target {target} failed");
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in text.lines() {
+        if line.contains(&format!("\"name\":\"{target}\"")) && line.contains("\"test\":true") {
+            if let Some(start) = line.find("\"executable\":\"") {
+                let rest = &line[start + 14..];
+                if let Some(end) = rest.find('"') {
+                    return Ok(PathBuf::from(&rest[..end]));
+                }
+            }
+        }
+    }
+    bail!("no executable for test target {target} in cargo's output")
+}
+
+/// Debian's kernel with BPF LSM, newest first.
+fn find_kernel() -> anyhow::Result<PathBuf> {
+    let mut kernels: Vec<PathBuf> = fs::read_dir("/boot")
+        .context("reading /boot")?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.file_name().and_then(|name| name.to_str()).is_some_and(|name| name.starts_with("vmlinuz-") && name.ends_with("-amd64")))
+        .collect();
+    kernels.sort();
+    kernels.pop().context("no /boot/vmlinuz-*-amd64: run `cargo xtask setup` (installs linux-image-amd64)")
+}
+
+/// Shared libraries an executable needs, from ldd.
+fn shared_libraries(executable: &Path) -> anyhow::Result<BTreeSet<PathBuf>> {
+    let listing = output(Command::new("ldd").arg(executable)).unwrap_or_default();
+    let mut libraries = BTreeSet::new();
+    for line in listing.lines() {
+        let candidate = match line.split_once("=>") {
+            Some((_, target)) => target.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(path) = candidate.filter(|path| path.starts_with('/')) {
+            libraries.insert(PathBuf::from(path));
+        }
+    }
+    Ok(libraries)
+}
+
+fn copy_into(root: &Path, source: &Path, destination: &str) -> anyhow::Result<()> {
+    let target = root.join(destination.trim_start_matches('/'));
+    if let Some(parent) = target.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    fs::copy(source, &target).with_context(|| format!("copying {} into the initramfs", source.display()))?;
+    Ok(())
+}
+
+fn init_script(filter: Option<&str>, command: &str) -> String {
+    format!(
+        r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin:/sbin
+mkdir -p /proc /sys /dev /tmp /run
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -t securityfs securityfs /sys/kernel/security
+mount -t bpf bpf /sys/fs/bpf
+mount -t tracefs tracefs /sys/kernel/tracing
+mkdir -p /sys/fs/cgroup
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+ip link set lo up
+echo "kernel: $(uname -r); active LSMs: $(cat /sys/kernel/security/lsm)"
+export RTID_PROBE=/rtid/rtid-probe RTID_IN_VM=1 RUST_BACKTRACE=1
+{command} {filter}
+echo "{EXIT_MARKER}$?"
+poweroff -f
+"#,
+        filter = filter.unwrap_or("")
+    )
+}
+
+/// Packs `root` into a newc cpio archive with the system's cpio.
+fn pack(root: &Path, archive: &Path) -> anyhow::Result<()> {
+    let script = format!("cd {} && find . | cpio -o -H newc --quiet > {}", root.display(), archive.display());
+    checked(Command::new("sh").args(["-c", &script]))
+}
+
+/// Builds an initramfs for running `command` (with the suite executable and the probe inside).
+fn build_initramfs(suite: &Path, filter: Option<&str>, command: &str) -> anyhow::Result<PathBuf> {
+    let work = workspace_root().join("target/vm");
+    let root = work.join("root");
+    let _ = fs::remove_dir_all(&root);
+    fs::create_dir_all(root.join("bin"))?;
+    copy_into(&root, Path::new("/bin/busybox"), "/bin/busybox")?;
+    let probe = suite.parent().and_then(|deps| deps.parent()).context("target dir")?.join("rtid-probe");
+    copy_into(&root, suite, "/rtid/suite")?;
+    copy_into(&root, &probe, "/rtid/rtid-probe")?;
+    let mut libraries = shared_libraries(suite)?;
+    libraries.extend(shared_libraries(&probe)?);
+    for library in libraries {
+        copy_into(&root, &library, &library.display().to_string())?;
+    }
+    fs::write(root.join("init"), init_script(filter, command))?;
+    fs::set_permissions(root.join("init"), fs::Permissions::from_mode(0o755))?;
+    let archive = work.join("initramfs.cpio");
+    pack(&root, &archive)?;
+    Ok(archive)
+}
+
+/// Boots the kernel with `initramfs`, streams the console, returns the suite's exit status.
+fn boot(kernel: &Path, initramfs: &Path) -> anyhow::Result<i32> {
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-m", "2048", "-smp", "1", "-nographic", "-no-reboot"])
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initramfs)
+        .args(["-append", "console=ttyS0 quiet panic=-1 rdinit=/init"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting qemu-system-x86_64 (run `cargo xtask setup`)")?;
+    let stdout = qemu.stdout.take().context("qemu stdout")?;
+    let (lines_tx, lines_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + VM_TIMEOUT;
+    let mut status = None;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match lines_rx.recv_timeout(remaining) {
+            Ok(Ok(line)) => {
+                let line = line.trim_end_matches('\r');
+                println!("vm| {line}");
+                if let Some(code) = line.trim().strip_prefix(EXIT_MARKER) {
+                    status = code.trim().parse().ok();
+                }
+            }
+            Ok(Err(_)) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = qemu.kill();
+                bail!("the VM did not finish within {VM_TIMEOUT:?}");
+            }
+        }
+    }
+    let _ = qemu.wait();
+    status.context("the VM ended without reporting the suite's exit status (see the console above)")
+}
+
+/// Runs the LSM suite in the VM.
+pub fn run(filter: Option<&str>) -> anyhow::Result<()> {
+    let suite = build_test_executable("lsm")?;
+    let kernel = find_kernel()?;
+    println!("vm-test: booting {} with {}", kernel.display(), suite.display());
+    let initramfs = build_initramfs(&suite, filter, "/rtid/suite --test-threads=1 --nocapture")?;
+    let status = boot(&kernel, &initramfs)?;
+    if status != 0 {
+        bail!("the BPF LSM suite failed in the VM (exit status {status})");
+    }
+    println!("vm-test: the BPF LSM suite passed in the VM");
+    Ok(())
+}
+
+/// Runs the benchmark table inside the VM (emulated: ratios, not times).
+pub fn bench(iterations: u32) -> anyhow::Result<()> {
+    let out = cargo()
+        .args(["build", "-p", "rtid-tests", "--bin", "rtid-bench", "--bin", "rtid-probe", "--message-format=json"])
+        .stderr(Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        bail!("building rtid-bench failed");
+    }
+    let bench = workspace_root().join("target/debug/rtid-bench");
+    let kernel = find_kernel()?;
+    let command = format!("/rtid/suite --iterations {} --label 'VM, emulated (TCG): compare ratios, not times'", iterations / 10);
+    let initramfs = build_initramfs(&bench, None, &command)?;
+    let status = boot(&kernel, &initramfs)?;
+    if status != 0 {
+        bail!("the benchmark failed in the VM (exit status {status})");
+    }
+    Ok(())
+}
