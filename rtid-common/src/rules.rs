@@ -16,7 +16,6 @@ use crate::verdict::Verdict;
 /// last (suffix trie) bytes.
 pub const PATH_KEY_BYTES: usize = 252;
 /// Candidate rules stored with one trie entry (its own and the ones it inherits).
-/// A power of two: scans mask indices with `RULES_PER_ENTRY - 1`.
 pub const RULES_PER_ENTRY: usize = 16;
 /// Bits of an LPM key before the path or address: the ruleset id.
 pub const RULESET_PREFIX_BITS: u32 = 32;
@@ -133,36 +132,36 @@ fn rule_live(expires_at_ns: u64, now_ns: u64) -> bool {
     expires_at_ns == 0 || now_ns < expires_at_ns
 }
 
-/// Marks "no candidate applies" in the index scans below.
-const NO_RULE: usize = RULES_PER_ENTRY;
-
-// The scans below visit every slot, last to first, without breaking out early:
-// the eBPF verifier then sees two states per slot (found or not) instead of one
-// distinct exit per slot, which multiplied across lookups exhausts its budget.
+// The scans below visit every slot, last to first, and copy the fields of each
+// applicable candidate (so the first applicable one is what remains), without
+// breaking out early or remembering an index. The eBPF verifier then tracks
+// two states per slot (found or not) instead of one per exit or per index,
+// which multiplied across lookups exhausts its budget on older kernels.
 
 /// The first live candidate in `list` that covers the single access bit `access_bit`.
 #[inline(always)]
 pub fn select_path_rule(list: &PathRuleList, access_bit: u8, now_ns: u64) -> Option<RuleMatch> {
-    let mut found = NO_RULE;
+    let mut found = false;
+    let (mut rule_id, mut match_len, mut verdict) = (0u32, 0u16, 0u8);
     let mut index = RULES_PER_ENTRY;
     while index > 0 {
         index -= 1;
         let rule = &list.rules[index];
         if (index as u32) < list.count && rule.access & access_bit != 0 && rule_live(rule.expires_at_ns, now_ns) {
-            found = index;
+            found = true;
+            rule_id = rule.rule_id;
+            match_len = rule.match_len;
+            verdict = rule.verdict;
         }
     }
-    if found >= NO_RULE {
-        return None;
-    }
-    let rule = &list.rules[found & (RULES_PER_ENTRY - 1)];
-    Some(RuleMatch { rule_id: rule.rule_id, match_len: rule.match_len, verdict: Verdict::from_u8(rule.verdict) })
+    found.then(|| RuleMatch { rule_id, match_len, verdict: Verdict::from_u8(verdict) })
 }
 
 /// The first live candidate in `list` that covers `port` and `protocol_bit`.
 #[inline(always)]
 pub fn select_net_rule(list: &NetRuleList, port: u16, protocol_bit: u8, now_ns: u64) -> Option<RuleMatch> {
-    let mut found = NO_RULE;
+    let mut found = false;
+    let (mut rule_id, mut prefix_len, mut verdict) = (0u32, 0u8, 0u8);
     let mut index = RULES_PER_ENTRY;
     while index > 0 {
         index -= 1;
@@ -173,14 +172,13 @@ pub fn select_net_rule(list: &NetRuleList, port: u16, protocol_bit: u8, now_ns: 
             && port <= rule.port_high
             && rule_live(rule.expires_at_ns, now_ns)
         {
-            found = index;
+            found = true;
+            rule_id = rule.rule_id;
+            prefix_len = rule.prefix_len;
+            verdict = rule.verdict;
         }
     }
-    if found >= NO_RULE {
-        return None;
-    }
-    let rule = &list.rules[found & (RULES_PER_ENTRY - 1)];
-    Some(RuleMatch { rule_id: rule.rule_id, match_len: rule.prefix_len as u16, verdict: Verdict::from_u8(rule.verdict) })
+    found.then(|| RuleMatch { rule_id, match_len: prefix_len as u16, verdict: Verdict::from_u8(verdict) })
 }
 
 /// Of the winners from the prefix and the suffix trie, the one that decides.

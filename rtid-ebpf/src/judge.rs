@@ -59,6 +59,41 @@ pub fn active_policy(identity: IdentityId) -> ActivePolicy {
     ActivePolicy { policy, generation, now_ns }
 }
 
+/// Passes a rule match through map memory. Each scan ends in several verifier
+/// states (found or not, with different bounds); everything after it would
+/// be verified once per combination of them, which older kernels' verifiers
+/// cannot afford. Re-read from memory, the result is one unknown value.
+#[inline(always)]
+fn settle_match(found: Option<RuleMatch>) -> Option<RuleMatch> {
+    let Some(scratch) = crate::path::scratch() else { return found };
+    let packed = match found {
+        Some(rule) => 1 << 63 | (rule.verdict as u64) << 48 | (rule.match_len as u64) << 32 | rule.rule_id as u64,
+        None => 0,
+    };
+    let packed = crate::path::opaque_u64(scratch, packed);
+    if packed >> 63 == 0 {
+        return None;
+    }
+    Some(RuleMatch {
+        rule_id: packed as u32,
+        match_len: (packed >> 32) as u16,
+        verdict: Verdict::from_u8((packed >> 48) as u8 & 7),
+    })
+}
+
+/// Same for a whole decision, so enforcement and reporting are verified once.
+#[inline(always)]
+fn settle_decision(decision: Decision) -> Decision {
+    let Some(scratch) = crate::path::scratch() else { return decision };
+    let packed = (decision.verdict as u64) << 40 | (decision.source as u64) << 32 | decision.rule_id as u64;
+    let packed = crate::path::opaque_u64(scratch, packed);
+    Decision {
+        verdict: Verdict::from_u8((packed >> 40) as u8 & 7),
+        source: DecisionSource::from_u8((packed >> 32) as u8 & 7),
+        rule_id: packed as u32,
+    }
+}
+
 /// A decision before enforcement.
 #[derive(Clone, Copy)]
 pub struct Decision {
@@ -118,7 +153,7 @@ fn candidates_per_bit(list: Option<&PathRuleList>, requested: u8, now_ns: u64) -
         let mut index = 0;
         while index < ACCESS_BITS.len() {
             if requested & ACCESS_BITS[index] != 0 {
-                found[index] = select_path_rule(list, ACCESS_BITS[index], now_ns);
+                found[index] = settle_match(select_path_rule(list, ACCESS_BITS[index], now_ns));
             }
             index += 1;
         }
@@ -153,21 +188,21 @@ pub fn judge_path(
         // No access requested (O_PATH): nothing to judge.
         return Decision { verdict: Verdict::Allow, source: DecisionSource::Default, rule_id: 0 };
     }
-    Decision::from_pair(result)
+    settle_decision(Decision::from_pair(result))
 }
 
 /// Judges an address (v6 or v4-mapped) and port against the network trie.
 #[inline(always)]
 pub fn judge_address(key: &Key<NetKey>, port: u16, protocol_bit: u8, default: u8, now_ns: u64) -> Decision {
-    let found = NET_RULES.get(key).and_then(|list| select_net_rule(list, port, protocol_bit, now_ns));
-    Decision::from_pair(Decision::from_match(found, default))
+    let found = settle_match(NET_RULES.get(key).and_then(|list| select_net_rule(list, port, protocol_bit, now_ns)));
+    settle_decision(Decision::from_pair(Decision::from_match(found, default)))
 }
 
 /// Judges a unix socket path (exact or directory-prefix rules).
 #[inline(always)]
 pub fn judge_unix(key: &Key<PathKey>, default: u8, now_ns: u64) -> Decision {
-    let found = crate::maps::UNIX_RULES.get(key).and_then(|list| select_path_rule(list, access::ALL, now_ns));
-    Decision::from_pair(Decision::from_match(found, default))
+    let found = settle_match(crate::maps::UNIX_RULES.get(key).and_then(|list| select_path_rule(list, access::ALL, now_ns)));
+    settle_decision(Decision::from_pair(Decision::from_match(found, default)))
 }
 
 /// What the hook must do.

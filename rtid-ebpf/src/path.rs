@@ -26,6 +26,8 @@ pub struct PathScratch {
     pub suffix_key: Key<PathKey>,
     /// Where the walk ended, stored and re-read (see `settle`).
     pub settled: [u32; 3],
+    /// Slot for `opaque_u64`.
+    pub opaque: u64,
 }
 
 /// Where the resolved path sits in `PathScratch::buf`.
@@ -119,6 +121,17 @@ pub fn opaque(scratch: &mut PathScratch, value: usize) -> usize {
     unsafe {
         core::ptr::write_volatile(slot, value as u32);
         core::ptr::read_volatile(slot) as usize
+    }
+}
+
+/// `opaque` for 64-bit values.
+#[inline(always)]
+pub fn opaque_u64(scratch: &mut PathScratch, value: u64) -> u64 {
+    let slot = &mut scratch.opaque as *mut u64;
+    // SAFETY: as in `opaque`.
+    unsafe {
+        core::ptr::write_volatile(slot, value);
+        core::ptr::read_volatile(slot)
     }
 }
 

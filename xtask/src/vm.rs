@@ -140,7 +140,8 @@ fn build_initramfs(suite: &Path, filter: Option<&str>, command: &str) -> anyhow:
 }
 
 /// Boots the kernel with `initramfs`, streams the console, returns the suite's exit status.
-fn boot(kernel: &Path, initramfs: &Path) -> anyhow::Result<i32> {
+/// Returns the suite's exit status and how many tests it reported passed.
+fn boot(kernel: &Path, initramfs: &Path) -> anyhow::Result<(i32, u32)> {
     let mut qemu = Command::new("qemu-system-x86_64")
         .args(["-accel", "tcg", "-m", "2048", "-smp", "1", "-nographic", "-no-reboot"])
         .arg("-kernel")
@@ -164,6 +165,7 @@ fn boot(kernel: &Path, initramfs: &Path) -> anyhow::Result<i32> {
     });
     let deadline = Instant::now() + VM_TIMEOUT;
     let mut status = None;
+    let mut passed = 0;
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
         match lines_rx.recv_timeout(remaining) {
@@ -172,6 +174,9 @@ fn boot(kernel: &Path, initramfs: &Path) -> anyhow::Result<i32> {
                 println!("vm| {line}");
                 if let Some(code) = line.trim().strip_prefix(EXIT_MARKER) {
                     status = code.trim().parse().ok();
+                }
+                if let Some(summary) = line.trim().strip_prefix("test result: ok. ") {
+                    passed += summary.split(' ').next().and_then(|count| count.parse::<u32>().ok()).unwrap_or(0);
                 }
             }
             Ok(Err(_)) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -182,7 +187,8 @@ fn boot(kernel: &Path, initramfs: &Path) -> anyhow::Result<i32> {
         }
     }
     let _ = qemu.wait();
-    status.context("the VM ended without reporting the suite's exit status (see the console above)")
+    let status = status.context("the VM ended without reporting the suite's exit status (see the console above)")?;
+    Ok((status, passed))
 }
 
 /// Runs the LSM suite in the VM.
@@ -190,10 +196,14 @@ pub fn run(filter: Option<&str>) -> anyhow::Result<()> {
     let suite = build_test_executable("lsm")?;
     let kernel = find_kernel()?;
     println!("vm-test: booting {} with {}", kernel.display(), suite.display());
-    let initramfs = build_initramfs(&suite, filter, "/rtid/suite --test-threads=1 --nocapture")?;
-    let status = boot(&kernel, &initramfs)?;
+    // The suite's tests are #[ignore]d on the host (they need BPF LSM); here they run.
+    let initramfs = build_initramfs(&suite, filter, "/rtid/suite --ignored --test-threads=1 --nocapture")?;
+    let (status, passed) = boot(&kernel, &initramfs)?;
     if status != 0 {
         bail!("the BPF LSM suite failed in the VM (exit status {status})");
+    }
+    if passed == 0 {
+        bail!("the BPF LSM suite ran no test in the VM");
     }
     println!("vm-test: the BPF LSM suite passed in the VM");
     Ok(())
@@ -212,7 +222,7 @@ pub fn bench(iterations: u32) -> anyhow::Result<()> {
     let kernel = find_kernel()?;
     let command = format!("/rtid/suite --iterations {} --label 'VM, emulated (TCG): compare ratios, not times'", iterations / 10);
     let initramfs = build_initramfs(&bench, None, &command)?;
-    let status = boot(&kernel, &initramfs)?;
+    let (status, _) = boot(&kernel, &initramfs)?;
     if status != 0 {
         bail!("the benchmark failed in the VM (exit status {status})");
     }
