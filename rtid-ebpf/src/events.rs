@@ -3,8 +3,8 @@
 //! never waits for ring space.
 
 use aya_ebpf::helpers::{
-    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-    bpf_ktime_get_boot_ns, generated::bpf_probe_read_kernel,
+    bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
+    generated::{bpf_get_current_comm as bpf_get_current_comm_raw, bpf_probe_read_kernel},
 };
 use rtid_common::{counter, Backend, DecisionSource, Event, EventKind, NetObject, Verdict, EVENT_PATH_BYTES, EVENT_WIRE_VERSION};
 
@@ -13,7 +13,8 @@ pub const UNIX_PATH_BYTES: usize = 108;
 
 use crate::{
     judge::{Decision, Enforcement},
-    kernel::{current_task, parent_tgid, process_start_ns},
+    kernel::current_task,
+    maps::offset,
     maps::{count, EVENTS},
     path::{opaque, PathScratch, ResolvedPath},
 };
@@ -43,6 +44,25 @@ pub enum EventObject<'a> {
     UnixPath(&'a mut PathScratch, usize),
 }
 
+/// Reads `current->{first}->{second}` (a pointer, then `size` bytes) into `destination`.
+///
+/// # Safety
+/// `destination` must be valid for `size` bytes.
+#[inline(always)]
+unsafe fn read_chain_into(destination: *mut u8, size: u32, first: usize, second: usize) {
+    let mut pointer: u64 = 0;
+    // SAFETY: the helper validates the kernel source address and writes
+    // `size` bytes (zeros on failure) to destinations the caller vouches for.
+    unsafe {
+        bpf_probe_read_kernel(
+            &mut pointer as *mut u64 as *mut _,
+            8,
+            (current_task() as *const u8).wrapping_add(first) as *const _,
+        );
+        bpf_probe_read_kernel(destination as *mut _, size, (pointer as *const u8).wrapping_add(second) as *const _);
+    }
+}
+
 #[inline(always)]
 pub fn emit(facts: &EventFacts, decision: &Decision, enforcement: &Enforcement, object: EventObject) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
@@ -66,15 +86,17 @@ pub fn emit(facts: &EventFacts, decision: &Decision, enforcement: &Enforcement, 
         (*event).time_ns = bpf_ktime_get_boot_ns();
         (*event).pid = pid_tgid as u32;
         (*event).tgid = (pid_tgid >> 32) as u32;
-        (*event).parent_tgid = parent_tgid(current_task()).unwrap_or(0);
+        // Straight-line reads into the event (a failed read leaves zeros):
+        // error branches here would be verified once per state reaching emit.
+        read_chain_into(&mut (*event).parent_tgid as *mut u32 as *mut u8, 4, offset!(task_real_parent), offset!(task_tgid));
         (*event).uid = bpf_get_current_uid_gid() as u32;
         (*event).identity = facts.identity;
         (*event).rule_id = decision.rule_id;
-        (*event).process_start_ns = process_start_ns(current_task()).unwrap_or(0);
+        read_chain_into(&mut (*event).process_start_ns as *mut u64 as *mut u8, 8, offset!(task_group_leader), offset!(task_start_boottime));
         (*event).cgroup_id = bpf_get_current_cgroup_id();
         (*event).related_tgid = facts.related_tgid;
         (*event).generation = facts.generation;
-        (*event).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        bpf_get_current_comm_raw((*event).comm.as_mut_ptr() as *mut _, 16);
         (*event).path_len = 0;
         (*event).net = NetObject::default();
         match object {

@@ -13,7 +13,7 @@ use rtid_common::{access, counter, label_source, Backend, EventKind, ProcessIden
 use crate::{
     events::{emit, EventFacts, EventObject},
     identity::bound_cgroup_identity,
-    judge::{active_policy, enforce, identity_of, judge_path, status_override, Enforcement},
+    judge::{settle_decision, active_policy, enforce, identity_of, judge_path, status_override, Enforcement},
     kernel::{binprm_file, current_task, file_path, offsets_valid, process_start_ns, KernelPtr, ReadError},
     maps::{count, BACKEND_CONFIG, PROCESS_IDENTITY},
     path::{build_keys, resolve, scratch},
@@ -74,13 +74,13 @@ pub fn judge_exec(process: &ProcessIdentity, bprm: KernelPtr, backend: Backend) 
     let resolved = resolve(scratch, mnt, dentry)?;
 
     let active = active_policy(process.identity);
-    let decision = match status_override(process.identity, &active) {
+    let decision = settle_decision(match status_override(process.identity, &active) {
         Some(decision) => decision,
         None => {
             build_keys(scratch, &resolved, active.policy.ruleset);
             judge_path(&scratch.prefix_key, &scratch.suffix_key, access::EXEC, active.policy.default_exec, active.now_ns)
         }
-    };
+    });
     let enforcement = enforce(&decision, &active.policy, backend == Backend::Lsm);
     let facts = EventFacts {
         kind: EventKind::Exec,

@@ -83,7 +83,7 @@ fn settle_match(found: Option<RuleMatch>) -> Option<RuleMatch> {
 
 /// Same for a whole decision, so enforcement and reporting are verified once.
 #[inline(always)]
-fn settle_decision(decision: Decision) -> Decision {
+pub fn settle_decision(decision: Decision) -> Decision {
     let Some(scratch) = crate::path::scratch() else { return decision };
     let packed = (decision.verdict as u64) << 40 | (decision.source as u64) << 32 | decision.rule_id as u64;
     let packed = crate::path::opaque_u64(scratch, packed);
@@ -218,9 +218,30 @@ pub struct Enforcement {
 
 /// Turns a decision into an action given the identity's mode and whether this
 /// hook can refuse the call (LSM, cgroup socket hooks) or only kill or flag
-/// (syscall-exit tracepoints).
+/// (syscall-exit tracepoints). Settled like decisions, so reporting is verified once.
 #[inline(always)]
 pub fn enforce(decision: &Decision, policy: &IdentityPolicy, can_refuse: bool) -> Enforcement {
+    settle_enforcement(choose_enforcement(decision, policy, can_refuse))
+}
+
+#[inline(always)]
+fn settle_enforcement(enforcement: Enforcement) -> Enforcement {
+    let Some(scratch) = crate::path::scratch() else { return enforcement };
+    let packed = (enforcement.outcome as u64) << 56
+        | (enforcement.kill as u64) << 48
+        | (enforcement.flags as u64) << 32
+        | enforcement.errno as u32 as u64;
+    let packed = crate::path::opaque_u64(scratch, packed);
+    Enforcement {
+        outcome: Outcome::from_u8((packed >> 56) as u8 & 7),
+        kill: (packed >> 48) & 1 != 0,
+        flags: (packed >> 32) as u16,
+        errno: packed as u32 as i32,
+    }
+}
+
+#[inline(always)]
+fn choose_enforcement(decision: &Decision, policy: &IdentityPolicy, can_refuse: bool) -> Enforcement {
     let audit_mode = policy.mode == mode::AUDIT;
     let flags = if audit_mode { event_flags::AUDIT_MODE } else { 0 };
     let allowed = Enforcement { outcome: Outcome::Allowed, errno: 0, kill: false, flags };

@@ -7,7 +7,11 @@
 use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_send_signal,
-        generated::{bpf_probe_read_kernel as bpf_probe_read_kernel_raw, bpf_probe_read_user as bpf_probe_read_user_raw, bpf_set_retval},
+        generated::{
+            bpf_probe_read_kernel as bpf_probe_read_kernel_raw, bpf_probe_read_kernel_str as bpf_probe_read_kernel_str_raw,
+            bpf_probe_read_user as bpf_probe_read_user_raw, bpf_probe_read_user_str as bpf_probe_read_user_str_raw,
+            bpf_set_retval,
+        },
     },
     macros::{cgroup_sock_addr, tracepoint},
     maps::lpm_trie::Key,
@@ -20,10 +24,10 @@ use rtid_common::{
 
 use crate::{
     events::{emit, EventFacts, EventObject, UNIX_PATH_BYTES},
-    judge::{active_policy, enforce, identity_of, judge_address, judge_unix, should_report, status_override, Enforcement},
+    judge::{settle_decision, active_policy, enforce, identity_of, judge_address, judge_unix, should_report, status_override, Enforcement},
     kernel::ReadError,
     maps::{count, BACKEND_CONFIG},
-    path::{scratch, PathScratch},
+    path::{opaque, scratch, PathScratch},
 };
 
 const ALLOW: i32 = 1;
@@ -90,13 +94,13 @@ fn judge_sock_addr(ctx: &SockAddrContext, kind: EventKind, family: u16) -> i32 {
 pub fn judge_inet(process: &ProcessIdentity, object: &NetObject, kind: EventKind, backend: Backend) -> Enforcement {
     count(counter::JUDGED);
     let active = active_policy(process.identity);
-    let decision = match status_override(process.identity, &active) {
+    let decision = settle_decision(match status_override(process.identity, &active) {
         Some(decision) => decision,
         None => {
             let key = Key::new(RULESET_PREFIX_BITS + 128, NetKey { ruleset: active.policy.ruleset, addr: object.addr });
             judge_address(&key, object.port, object.protocol, active.policy.default_network, active.now_ns)
         }
-    };
+    });
     let enforcement = enforce(&decision, &active.policy, true);
     if should_report(&decision, &active.policy) {
         let mut facts = net_facts(kind, process, active.generation);
@@ -216,7 +220,7 @@ pub fn judge_unix_path(
 ) -> Enforcement {
     count(counter::JUDGED);
     let active = active_policy(process.identity);
-    let decision = match status_override(process.identity, &active) {
+    let decision = settle_decision(match status_override(process.identity, &active) {
         Some(decision) => decision,
         None => {
             scratch.prefix_key.data.ruleset = active.policy.ruleset;
@@ -224,7 +228,7 @@ pub fn judge_unix_path(
             scratch.prefix_key.prefix_len = RULESET_PREFIX_BITS + (key_bytes as u32) * 8;
             judge_unix(&scratch.prefix_key, active.policy.default_network, active.now_ns)
         }
-    };
+    });
     let enforcement = enforce(&decision, &active.policy, backend == Backend::Lsm);
     if should_report(&decision, &active.policy) {
         let mut facts = net_facts(kind, process, active.generation);
@@ -243,36 +247,43 @@ pub enum UserOrKernel {
 
 /// Copies `sun_path` into the scratch key: a pathname socket up to its NUL, an
 /// abstract socket (leading NUL) as `@name`. Returns the length without NUL.
+/// The string helpers measure the path, so there is no scanning loop whose
+/// many exits the verifier would have to follow separately.
 #[inline(always)]
 pub fn read_unix_path(scratch: &mut PathScratch, sun_path: u64, max_len: usize, from: UserOrKernel) -> Result<usize, ReadError> {
     let max_len = if max_len > UNIX_PATH_BYTES { UNIX_PATH_BYTES } else { max_len };
-    let path = &mut scratch.prefix_key.data.path;
-    // SAFETY: the destination holds PATH_KEY_BYTES > UNIX_PATH_BYTES bytes;
-    // the helper validates the user source address.
+    let destination = scratch.prefix_key.data.path.as_mut_ptr() as *mut _;
+    let source = sun_path as *const _;
+    // SAFETY: the destination holds PATH_KEY_BYTES > UNIX_PATH_BYTES bytes and
+    // every size below is masked to at most 127; the helpers validate the source.
+    let copied = unsafe {
+        match from {
+            UserOrKernel::User => bpf_probe_read_user_str_raw(destination, (max_len & 0x7f) as u32, source),
+            UserOrKernel::Kernel => bpf_probe_read_kernel_str_raw(destination, (max_len & 0x7f) as u32, source),
+        }
+    };
+    if copied < 0 {
+        return Err(ReadError);
+    }
+    if copied > 1 {
+        // A pathname socket: `copied` counts the NUL.
+        let len = opaque(scratch, copied as usize - 1) & 0x7f;
+        return Ok(len);
+    }
+    // An abstract socket: a NUL, then a name whose length is the address length.
+    // SAFETY: as above.
     let status = unsafe {
         match from {
-            UserOrKernel::User => bpf_probe_read_user_raw(path.as_mut_ptr() as *mut _, (max_len & 0x7f) as u32, sun_path as *const _),
-            UserOrKernel::Kernel => bpf_probe_read_kernel_raw(path.as_mut_ptr() as *mut _, (max_len & 0x7f) as u32, sun_path as *const _),
+            UserOrKernel::User => bpf_probe_read_user_raw(destination, (max_len & 0x7f) as u32, source),
+            UserOrKernel::Kernel => bpf_probe_read_kernel_raw(destination, (max_len & 0x7f) as u32, source),
         }
     };
     if status != 0 {
         return Err(ReadError);
     }
-    if path[0] == 0 {
-        path[0] = b'@';
-        // Abstract names are not NUL-terminated: the length is the address length.
-        if max_len < PATH_KEY_BYTES {
-            path[max_len & 0x7f] = 0;
-        }
-        return Ok(max_len);
-    }
-    let mut len = 0;
-    while len < UNIX_PATH_BYTES {
-        if len >= max_len || path[len] == 0 {
-            break;
-        }
-        len += 1;
-    }
-    path[len & 0x7f] = 0;
+    let path = &mut scratch.prefix_key.data.path;
+    path[0] = b'@';
+    let len = max_len & 0x7f;
+    path[len] = 0;
     Ok(len)
 }
