@@ -20,6 +20,7 @@ pub struct KernelOffsets {
     pub fdtable_max_fds: u32,
     pub file_f_path: u32,
     pub file_f_mode: u32,
+    pub file_f_flags: u32,
     pub path_mnt: u32,
     pub path_dentry: u32,
     pub dentry_d_parent: u32,
@@ -42,7 +43,8 @@ pub struct KernelOffsets {
 /// `fmode_t` bits read from `struct file::f_mode` (include/linux/fs.h; stable ABI of the VFS).
 pub const FMODE_READ: u32 = 0x1;
 pub const FMODE_WRITE: u32 = 0x2;
-/// Set on the open of a binary by execve; such opens are judged as exec by `bprm_check_security`.
+/// Set (in `f_mode` on newer kernels, as `__FMODE_EXEC` in `f_flags` on all)
+/// on the open of a binary by execve; such opens are judged as exec by `bprm_check_security`.
 pub const FMODE_EXEC: u32 = 0x20;
 
 /// Indices into the per-CPU `COUNTERS` array.

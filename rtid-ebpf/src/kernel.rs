@@ -93,6 +93,12 @@ pub fn file_mode(file: KernelPtr) -> Result<u32, ReadError> {
     read_at(file, offset!(file_f_mode))
 }
 
+/// `file->f_flags`.
+#[inline(always)]
+pub fn file_flags(file: KernelPtr) -> Result<u32, ReadError> {
+    read_at(file, offset!(file_f_flags))
+}
+
 /// `file->f_path` as (vfsmount, dentry).
 #[inline(always)]
 pub fn file_path(file: KernelPtr) -> Result<(KernelPtr, KernelPtr), ReadError> {

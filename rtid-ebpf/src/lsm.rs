@@ -14,7 +14,7 @@ use crate::{
     exec::judge_exec,
     file::judge_file,
     judge::{identity_of, Enforcement},
-    kernel::{file_mode, read_at, KernelPtr, ReadError},
+    kernel::{file_flags, file_mode, read_at, KernelPtr, ReadError},
     maps::{count, offset},
     net::{judge_inet, judge_unix_path, read_unix_path, UserOrKernel},
     path::scratch,
@@ -63,7 +63,7 @@ fn tagged_hook(ctx: &LsmContext, previous_arg: usize, judge: impl FnOnce(&rtid_c
 pub fn file_open(ctx: LsmContext) -> i32 {
     tagged_hook(&ctx, 1, |process| {
         let file: KernelPtr = ctx.arg(0);
-        if file_mode(file)? & FMODE_EXEC != 0 {
+        if file_mode(file)? & FMODE_EXEC != 0 || file_flags(file)? & FMODE_EXEC != 0 {
             // execve opening the binary: judged as exec by bprm_check_security.
             return Ok(Enforcement { outcome: Outcome::Allowed, errno: 0, kill: false, flags: 0 });
         }

@@ -86,6 +86,7 @@ pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     fdtable_max_fds: 0,
     file_f_path: 0,
     file_f_mode: 0,
+    file_f_flags: 0,
     path_mnt: 0,
     path_dentry: 0,
     dentry_d_parent: 0,

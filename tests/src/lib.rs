@@ -179,6 +179,21 @@ pub fn describe(event: &Event) -> String {
     )
 }
 
+/// Accepts one connection, or fails the test after `timeout` (never hangs).
+pub fn accept_within(listener: &std::net::TcpListener, timeout: Duration) -> std::net::TcpStream {
+    listener.set_nonblocking(true).expect("nonblocking listener");
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => return stream,
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(error) => panic!("no connection within {timeout:?}: {error}"),
+        }
+    }
+}
+
 /// The path of an event as text.
 pub fn event_path(event: &Event) -> String {
     String::from_utf8_lossy(event.path_bytes()).into_owned()

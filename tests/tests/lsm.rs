@@ -56,6 +56,11 @@ fn lsm_backend() {
         }
         harness.events.drain();
         harness.seen.clear();
+        // A failed scenario must not leave the identity expired or revoked for the next.
+        if harness.kernel.identity_id("agent").is_some() {
+            harness.kernel.set_revoked("agent", false).expect("restore identity");
+            harness.kernel.set_identity_expiry("agent", None).expect("restore identity");
+        }
     }
     assert!(failures.is_empty(), "failed scenarios:\n{}", failures.join("\n"));
 }
@@ -282,7 +287,7 @@ fn revocation(harness: &mut Harness) {
     let mut child = rtid_userspace::launch::fork_paused(&[probe_path().display().to_string(), "connect-twice".into(), addr, go.clone()], true).unwrap();
     harness.kernel.label_pid(child.pid, "agent").unwrap();
     child.release().unwrap();
-    let _first = listener.accept().expect("first connect");
+    let _first = accept_within(&listener, EVENT_TIMEOUT);
     harness.kernel.set_revoked("agent", true).unwrap();
     std::fs::write(&go, "").unwrap();
     let mut output = String::new();

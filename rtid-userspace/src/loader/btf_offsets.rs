@@ -64,6 +64,7 @@ fn offsets(btf: &Btf) -> Result<KernelOffsets, OffsetError> {
         fdtable_max_fds: at("fdtable", "max_fds")?,
         file_f_path: at("file", "f_path")?,
         file_f_mode: at("file", "f_mode")?,
+        file_f_flags: at("file", "f_flags")?,
         path_mnt: at("path", "mnt")?,
         path_dentry: at("path", "dentry")?,
         dentry_d_parent: at("dentry", "d_parent")?,
