@@ -185,3 +185,29 @@ fn a_rule_with_a_two_second_expiry_stops_applying() {
     let after = harness.probe_as("agent", &["connect", &format!("127.0.0.1:{port}")]);
     assert!(after.succeeded(), "rule expired: {after:?}");
 }
+
+#[test]
+fn processes_in_a_bound_cgroup_carry_its_identity_whatever_their_lineage() {
+    let dir = TestDir::new("cgroup");
+    let secret = dir.file("secret/token", "s3cret");
+    let root = rtid_userspace::loader::cgroup::cgroup2_root().expect("cgroup2 mounted");
+    let cgroup = root.join(format!("rtid-test-{}", std::process::id()));
+    std::fs::create_dir_all(&cgroup).expect("create cgroup");
+    let mut harness = Harness::start(vec![secret_identity(&dir)]);
+    harness.kernel.bind_cgroup(&cgroup, "agent").expect("bind cgroup");
+
+    // An untagged shell joins the cgroup by itself, then runs the probe: no
+    // label, no tagged ancestor, only membership.
+    let script = format!(
+        "echo $$ > {procs}; {probe} open {secret}; exit 0",
+        procs = cgroup.join("cgroup.procs").display(),
+        probe = probe_path().display()
+    );
+    let output = std::process::Command::new("/bin/sh").args(["-c", &script]).output().expect("run shell");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let _ = std::fs::remove_dir(&cgroup);
+    assert!(!stdout.contains("s3cret"), "a member of the bound cgroup is judged under the identity: {stdout}");
+    let id = harness.identity_id("agent");
+    let event = harness.expect_event("denied open by cgroup member", |e| e.kind == EventKind::FileOpen as u8 && e.identity == id);
+    assert_eq!(event_path(&event), secret);
+}
