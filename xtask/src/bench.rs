@@ -1,19 +1,30 @@
-//! `cargo xtask bench`: runs the benchmark binary (rtid-bench) as root.
+//! `cargo xtask bench`: runs the benchmark binary (rtid-bench, in rtid-tests)
+//! as root, passing its arguments through.
 
-use crate::command::{cargo, require_root, checked};
+use crate::{
+    command::{cargo, checked, require_root},
+    setup, vm,
+};
 
-pub fn run_bench(iterations: u32, vm: bool) -> anyhow::Result<()> {
+pub fn run(args: &[String], in_vm: bool) -> anyhow::Result<()> {
     require_root("cargo xtask bench")?;
-    crate::setup::mounts()?;
-    let mut command = cargo();
-    command.args(["run", "--release", "-p", "rtid-tests", "--bin", "rtid-bench", "--", "--iterations"]).arg(iterations.to_string());
-    checked(&mut command)?;
-    if vm {
-        crate::vm::bench(iterations)?;
+    setup::ensure_mounts()?;
+    // Release: the numbers should be those of a production build.
+    checked(
+        cargo()
+            .args([
+                "run",
+                "--release",
+                "-p",
+                "rtid-tests",
+                "--bin",
+                "rtid-bench",
+                "--",
+            ])
+            .args(args),
+    )?;
+    if in_vm {
+        vm::bench(args)?;
     }
     Ok(())
-}
-
-pub fn run(iterations: u32, vm: bool) -> anyhow::Result<()> {
-    run_bench(iterations, vm)
 }

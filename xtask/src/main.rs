@@ -1,10 +1,10 @@
 //! `cargo xtask`: rtid's developer tasks.
 //!
-//! - `setup`: install toolchains and packages the build and tests need (idempotent).
+//! - `setup`: install the toolchains, packages and tools the build and tests need (idempotent).
 //! - `build`: build the `rtid` binary with its embedded eBPF object.
 //! - `test`: unit and integration tests on this host, then the BPF LSM suite in a VM.
 //! - `vm-test`: only the BPF LSM suite, inside qemu running Debian's kernel.
-//! - `bench`: the cost of rtid on opens, connects and fork+exec.
+//! - `bench`: rtid's cost on opens, connects and fork+exec.
 
 mod bench;
 mod command;
@@ -23,41 +23,90 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what the build and tests need (rustup toolchains, LLVM 22, bpf-linker, qemu, a VM kernel).
+    /// Install what the build and tests need (rustup toolchains, LLVM 22, bpf-linker, qemu, a VM kernel, mounts).
     Setup,
     /// Build the rtid binary (with the eBPF object embedded).
     Build {
         #[arg(long)]
         release: bool,
     },
-    /// Run every test: host (fallback backend) and VM (BPF LSM backend).
+    /// Run every test, as root: host (unit + integration) and VM (BPF LSM backend).
     Test {
-        /// Extra arguments for the host test run (test name filters).
+        /// Passed to the test harnesses: test name filters, libtest flags (after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run only the BPF LSM test suite, inside a VM booting Debian's kernel.
+    VmTest {
+        /// Passed to the suite inside the VM: test name filters, libtest flags.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Measure rtid's overhead (a benchmark, not a test), as root.
+    Bench {
+        /// Also run the benchmark inside the VM (emulated: compare ratios, not times).
+        #[arg(long)]
+        vm: bool,
+        /// Passed to rtid-bench (after `--`).
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Run the BPF LSM test suite inside a VM booting Debian's kernel.
-    VmTest {
-        /// Test name filter passed to the suite inside the VM.
-        filter: Option<String>,
-    },
-    /// Measure rtid's overhead (a benchmark, not a test).
-    Bench {
-        /// Iterations per measurement.
-        #[arg(long, default_value_t = 20000)]
-        iterations: u32,
-        /// Also run the table inside the VM (emulated: compare ratios, not times).
-        #[arg(long)]
-        vm: bool,
-    },
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().task {
+fn main() {
+    // Print the error chain, not a Debug dump with a backtrace (RUST_BACKTRACE
+    // is often set here): a failed task should say what failed in one line.
+    if let Err(error) = run(Cli::parse().task) {
+        eprintln!("xtask: error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(task: Task) -> anyhow::Result<()> {
+    match task {
         Task::Setup => setup::run(),
         Task::Build { release } => command::build_rtid(release),
         Task::Test { args } => test::run(&args),
-        Task::VmTest { filter } => vm::run(filter.as_deref()),
-        Task::Bench { iterations, vm } => bench::run(iterations, vm),
+        Task::VmTest { args } => vm::run(&args),
+        Task::Bench { vm, args } => bench::run(&args, vm),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::{Cli, Task};
+
+    fn parse(args: &[&str]) -> Task {
+        Cli::try_parse_from(std::iter::once("xtask").chain(args.iter().copied()))
+            .unwrap()
+            .task
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn test_passes_filters_and_libtest_flags_through() {
+        let Task::Test { args } = parse(&["test", "--", "--exact", "files::deny"]) else {
+            panic!()
+        };
+        assert_eq!(args, ["--exact", "files::deny"]);
+        let Task::Test { args } = parse(&["test", "network"]) else {
+            panic!()
+        };
+        assert_eq!(args, ["network"]);
+    }
+
+    #[test]
+    fn bench_takes_its_own_flag_and_passes_the_rest_through() {
+        let Task::Bench { vm, args } = parse(&["bench", "--vm", "--", "--iterations", "10"]) else {
+            panic!()
+        };
+        assert!(vm);
+        assert_eq!(args, ["--iterations", "10"]);
     }
 }

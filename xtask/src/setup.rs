@@ -1,116 +1,358 @@
 //! `cargo xtask setup`: installs what rtid's build and tests need on a
-//! Debian-like machine. Every step checks first, so a second run is fast and
-//! changes nothing. Elsewhere it names exactly what is missing.
+//! Debian-like machine. Every item is checked before anything is installed, so a
+//! second run is fast and changes nothing. It prints one line per item; where it
+//! cannot install something (no apt-get, not root) it says exactly what is
+//! missing and exits non-zero.
 
-use std::{path::Path, process::Command};
+use std::{fs, path::Path, process::Command};
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 
-use crate::command::{build_path, output, checked, EBPF_TOOLCHAIN, LLVM_BIN, RUST_TOOLCHAIN};
+use crate::command::{
+    EBPF_TOOLCHAIN, LLVM_BIN, RUST_TOOLCHAIN, build_path, checked, find_program, is_root, output,
+};
 
-/// Debian packages: LLVM 22 for bpf-linker; qemu, busybox and Debian's kernel
-/// for the BPF LSM test VM; iproute2 for network tests.
-const APT_PACKAGES: [&str; 8] = [
-    "cpio",
-    "llvm-22-dev",
-    "libpolly-22-dev",
-    "qemu-system-x86",
-    "busybox-static",
-    "linux-image-amd64",
-    "iproute2",
-    "bpftool",
+/// How to tell a package is there without dpkg (on a machine that is not Debian).
+enum Probe {
+    Program(&'static str),
+    File(&'static str),
+    /// A Debian kernel image in /boot, as the VM harness looks for it.
+    BootKernel,
+}
+
+impl Probe {
+    fn describe(&self) -> String {
+        match self {
+            Probe::Program(name) => format!("no `{name}` on PATH"),
+            Probe::File(path) => format!("no {path}"),
+            Probe::BootKernel => "no /boot/vmlinuz-*-amd64".to_owned(),
+        }
+    }
+}
+
+/// Debian packages, each with what it is for and how to detect it without dpkg.
+const APT_PACKAGES: [(&str, Probe); 10] = [
+    // bpf-linker links against LLVM 22 (and its Polly library).
+    (
+        "llvm-22-dev",
+        Probe::File("/usr/lib/llvm-22/bin/llvm-config"),
+    ),
+    (
+        "libpolly-22-dev",
+        Probe::File("/usr/lib/llvm-22/lib/libPolly.a"),
+    ),
+    // C CO-RE shims compiled to BPF bitcode.
+    ("clang-22", Probe::Program("clang-22")),
+    // Inspecting loaded programs and maps.
+    ("bpftool", Probe::Program("bpftool")),
+    // The BPF LSM suite runs in a VM booting Debian's kernel (this host refuses
+    // LSM programs): qemu, a static busybox for the initramfs, cpio to pack it.
+    ("qemu-system-x86", Probe::Program("qemu-system-x86_64")),
+    ("busybox-static", Probe::File("/bin/busybox")),
+    ("cpio", Probe::Program("cpio")),
+    ("linux-image-amd64", Probe::BootKernel),
+    // Network tests (and `ip link set lo up` in the VM).
+    ("iproute2", Probe::Program("ip")),
+    ("python3", Probe::Program("python3")),
 ];
 
-pub fn run_setup_step(name: &str, result: anyhow::Result<&'static str>) -> anyhow::Result<()> {
-    match result {
-        Ok(state) => {
-            println!("setup: {name}: {state}");
-            Ok(())
-        }
-        Err(error) => bail!("setup: {name}: {error:#}"),
+/// Kernel filesystems the programs and tests use: (fstype, mount point).
+const MOUNTS: [(&str, &str); 3] = [
+    ("bpf", "/sys/fs/bpf"),
+    ("tracefs", "/sys/kernel/tracing"),
+    ("securityfs", "/sys/kernel/security"),
+];
+
+/// What became of one item.
+enum Status {
+    Ok,
+    Installed,
+    Mounted,
+    /// Not there and not needed from this run (said why), not a failure.
+    Skipped(String),
+    /// Not there and not installable here: the text says what to do.
+    Missing(String),
+}
+
+/// Prints one line per item and remembers what is missing.
+#[derive(Default)]
+struct Report {
+    missing: Vec<String>,
+}
+
+impl Report {
+    fn record(&mut self, item: &str, status: anyhow::Result<Status>) {
+        let text = match status {
+            Ok(Status::Ok) => "ok".to_owned(),
+            Ok(Status::Installed) => "installed".to_owned(),
+            Ok(Status::Mounted) => "mounted".to_owned(),
+            Ok(Status::Skipped(why)) => format!("skipped: {why}"),
+            Ok(Status::Missing(why)) => {
+                self.missing.push(item.to_owned());
+                format!("MISSING: {why}")
+            }
+            // A failed install leaves the item missing; keep checking the rest.
+            Err(error) => {
+                self.missing.push(item.to_owned());
+                format!("MISSING: {error:#}")
+            }
+        };
+        println!("setup: {item:<46} {text}");
     }
 }
 
 pub fn run() -> anyhow::Result<()> {
-    run_setup_step("rust toolchains", toolchains())?;
-    run_setup_step("debian packages", apt_packages())?;
-    run_setup_step("bpf-linker", bpf_linker())?;
-    run_setup_step("kernel filesystems", mounts())?;
+    let mut report = Report::default();
+    toolchains(&mut report);
+    apt_packages(&mut report);
+    report.record("bpf-linker (llvm-22)", bpf_linker());
+    mounts(&mut report);
+    if !report.missing.is_empty() {
+        bail!("setup incomplete; missing: {}", report.missing.join(", "));
+    }
     Ok(())
 }
 
-fn toolchains() -> anyhow::Result<&'static str> {
-    let installed = output(Command::new("rustup").args(["toolchain", "list"]))
-        .ok_or_else(|| anyhow::anyhow!("rustup not found: install rustup, then rerun"))?;
-    let has = |name: &str| installed.lines().any(|line| line.starts_with(name));
-    let mut changed = false;
-    if !has(RUST_TOOLCHAIN) {
-        checked(Command::new("rustup").args([
-            "toolchain", "install", RUST_TOOLCHAIN, "--profile", "minimal", "--component", "clippy,rustfmt",
-        ]))?;
-        changed = true;
+// ---- rustup toolchains ----
+
+fn toolchains(report: &mut Report) {
+    let wanted = [
+        (RUST_TOOLCHAIN, &["clippy", "rustfmt"][..]),
+        (EBPF_TOOLCHAIN, &["rust-src"][..]),
+    ];
+    // RUSTUP_AUTO_INSTALL=0 on these machines: nothing installs unless asked.
+    let Some(installed) = output(Command::new("rustup").args(["toolchain", "list"])) else {
+        for (name, components) in wanted {
+            report.record(
+                &toolchain_item(name, components),
+                Ok(Status::Missing(
+                    "rustup not found: install it from https://rustup.rs".into(),
+                )),
+            );
+        }
+        return;
+    };
+    for (name, components) in wanted {
+        report.record(
+            &toolchain_item(name, components),
+            toolchain(&installed, name, components),
+        );
     }
-    let ebpf_has_src = has(EBPF_TOOLCHAIN)
-        && output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", EBPF_TOOLCHAIN]))
-            .is_some_and(|components| components.contains("rust-src"));
-    if !ebpf_has_src {
-        checked(Command::new("rustup").args([
-            "toolchain", "install", EBPF_TOOLCHAIN, "--profile", "minimal", "--component", "rust-src",
-        ]))?;
-        changed = true;
+}
+
+fn toolchain_item(name: &str, components: &[&str]) -> String {
+    format!("rust toolchain {name} ({})", components.join(", "))
+}
+
+fn toolchain(installed: &str, name: &str, components: &[&str]) -> anyhow::Result<Status> {
+    // `rustup toolchain list` names them with the host triple: 1.98.0-x86_64-unknown-linux-gnu.
+    let present = installed
+        .lines()
+        .any(|line| line == name || line.starts_with(&format!("{name}-")));
+    if !present {
+        checked(
+            Command::new("rustup")
+                .args([
+                    "toolchain",
+                    "install",
+                    name,
+                    "--profile",
+                    "minimal",
+                    "--component",
+                ])
+                .arg(components.join(",")),
+        )?;
+        return Ok(Status::Installed);
     }
-    Ok(if changed { "installed" } else { "ok" })
+    let have = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        name,
+    ]))
+    .with_context(|| format!("listing the components of {name}"))?;
+    // Components are listed with their target (clippy-x86_64-unknown-linux-gnu), rust-src without.
+    let lacking: Vec<&str> = components
+        .iter()
+        .copied()
+        .filter(|component| {
+            !have
+                .lines()
+                .any(|line| line == *component || line.starts_with(&format!("{component}-")))
+        })
+        .collect();
+    if lacking.is_empty() {
+        return Ok(Status::Ok);
+    }
+    checked(
+        Command::new("rustup")
+            .args(["component", "add", "--toolchain", name])
+            .args(&lacking),
+    )?;
+    Ok(Status::Installed)
+}
+
+// ---- Debian packages ----
+
+fn apt_packages(report: &mut Report) {
+    let dpkg = find_program("dpkg-query").is_some();
+    let present = |package: &str, probe: &Probe| {
+        if dpkg {
+            dpkg_installed(package)
+        } else {
+            probe_finds(probe)
+        }
+    };
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .filter(|(package, probe)| !present(package, probe))
+        .map(|(package, _)| *package)
+        .collect();
+    // Install everything missing in one go (one `apt-get update`), then report per package.
+    let install_error = if missing.is_empty() {
+        None
+    } else if find_program("apt-get").is_none() {
+        Some("no apt-get on this machine: install it (or its equivalent) by hand".to_owned())
+    } else if !is_root() {
+        Some("not installed: run `cargo xtask setup` as root to apt-get install it".to_owned())
+    } else {
+        println!("setup: apt-get install {}", missing.join(" "));
+        apt_get_install(&missing)
+            .err()
+            .map(|error| format!("{error:#}"))
+    };
+    for (package, probe) in &APT_PACKAGES {
+        let status = if !missing.contains(package) {
+            Status::Ok
+        } else if present(package, probe) {
+            Status::Installed
+        } else {
+            let why = install_error
+                .clone()
+                .unwrap_or_else(|| "apt-get did not install it".into());
+            // Without dpkg, say what was looked for.
+            Status::Missing(if dpkg {
+                why
+            } else {
+                format!("{}; {why}", probe.describe())
+            })
+        };
+        report.record(&format!("apt package {package}"), Ok(status));
+    }
+}
+
+fn apt_get_install(packages: &[&str]) -> anyhow::Result<()> {
+    checked(
+        Command::new("apt-get")
+            .args(["update", "-q"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    checked(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 fn dpkg_installed(package: &str) -> bool {
     output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
-        .is_some_and(|status| status.contains("install ok installed"))
+        .is_some_and(|status| status.trim() == "install ok installed")
 }
 
-fn apt_packages() -> anyhow::Result<&'static str> {
-    if output(Command::new("dpkg-query").arg("--version")).is_none() {
-        bail!("not a Debian-like system: install by hand {} (LLVM 22 development files, qemu, busybox-static and a Debian kernel image)", APT_PACKAGES.join(", "));
+fn probe_finds(probe: &Probe) -> bool {
+    match probe {
+        Probe::Program(name) => find_program(name).is_some(),
+        Probe::File(path) => Path::new(path).exists(),
+        Probe::BootKernel => fs::read_dir("/boot").is_ok_and(|entries| {
+            entries.filter_map(Result::ok).any(|entry| {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                name.starts_with("vmlinuz-") && name.ends_with("-amd64")
+            })
+        }),
     }
-    let missing: Vec<&str> = APT_PACKAGES.iter().copied().filter(|package| !dpkg_installed(package)).collect();
-    if missing.is_empty() {
-        return Ok("ok");
-    }
-    println!("setup: installing {}", missing.join(" "));
-    checked(Command::new("apt-get").arg("update").arg("-q"))?;
-    checked(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    Ok("installed")
 }
 
-fn bpf_linker() -> anyhow::Result<&'static str> {
-    let present = output(Command::new("bpf-linker").arg("--version").env("PATH", build_path())).is_some();
-    if present {
-        return Ok("ok");
+// ---- bpf-linker ----
+
+fn bpf_linker() -> anyhow::Result<Status> {
+    let linker_runs = || {
+        output(
+            Command::new("bpf-linker")
+                .arg("--version")
+                .env("PATH", build_path()),
+        )
+        .is_some()
+    };
+    if linker_runs() {
+        return Ok(Status::Ok);
     }
-    if !Path::new(LLVM_BIN).exists() {
-        bail!("{LLVM_BIN} missing: llvm-22-dev is needed to build bpf-linker");
+    if !Path::new(LLVM_BIN).join("llvm-config").exists() {
+        return Ok(Status::Missing(format!(
+            "building it needs LLVM 22 in {LLVM_BIN} (llvm-22-dev)"
+        )));
     }
-    checked(Command::new("cargo")
-        .args([&format!("+{RUST_TOOLCHAIN}"), "install", "bpf-linker", "--no-default-features", "--features", "llvm-22"])
-        .env("PATH", build_path()))?;
-    Ok("installed")
+    // `+1.98.0` rather than the machine default (which may be older), through
+    // rustup's proxy (first on the build PATH); LLVM 22 first on PATH so
+    // llvm-sys finds llvm-config 22.
+    checked(
+        Command::new("cargo")
+            .arg(format!("+{RUST_TOOLCHAIN}"))
+            .args([
+                "install",
+                "--locked",
+                "bpf-linker",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("PATH", build_path()),
+    )?;
+    if !linker_runs() {
+        bail!("cargo install finished but `bpf-linker --version` still fails");
+    }
+    Ok(Status::Installed)
 }
 
-/// bpffs, tracefs and securityfs, where absent (tests attach tracepoints and read the LSM list).
-pub fn mounts() -> anyhow::Result<&'static str> {
-    let mounted = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let is_mounted = |fstype: &str, point: &str| mounted.lines().any(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        fields.get(1) == Some(&point) && fields.get(2) == Some(&fstype)
-    });
-    let mut changed = false;
-    for (fstype, point) in [("bpf", "/sys/fs/bpf"), ("tracefs", "/sys/kernel/tracing"), ("securityfs", "/sys/kernel/security")] {
-        if !is_mounted(fstype, point) {
-            checked(Command::new("mount").args(["-t", fstype, fstype, point]))?;
-            changed = true;
+// ---- kernel filesystems ----
+
+fn is_mounted(mounts: &str, fstype: &str, point: &str) -> bool {
+    mounts.lines().any(|line| {
+        let mut fields = line.split_whitespace().skip(1);
+        fields.next() == Some(point) && fields.next() == Some(fstype)
+    })
+}
+
+fn mount(fstype: &str, point: &str) -> anyhow::Result<()> {
+    checked(Command::new("mount").args(["-t", fstype, fstype, point]))
+}
+
+fn mounts(report: &mut Report) {
+    let mounted = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let root = is_root();
+    for (fstype, point) in MOUNTS {
+        let status = if is_mounted(&mounted, fstype, point) {
+            Ok(Status::Ok)
+        } else if !root {
+            // Only root can mount, and only root runs the tests that need it
+            // (`cargo xtask test` mounts it itself).
+            Ok(Status::Skipped("not mounted; needs root".into()))
+        } else {
+            mount(fstype, point).map(|()| Status::Mounted)
+        };
+        report.record(&format!("mount {fstype} on {point}"), status);
+    }
+}
+
+/// For `test` and `bench` (run as root): mounts whichever kernel filesystem is absent.
+pub fn ensure_mounts() -> anyhow::Result<()> {
+    let mounted = fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    for (fstype, point) in MOUNTS {
+        if !is_mounted(&mounted, fstype, point) {
+            mount(fstype, point)?;
         }
     }
-    Ok(if changed { "mounted" } else { "ok" })
+    Ok(())
 }

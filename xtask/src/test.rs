@@ -1,24 +1,36 @@
-//! `cargo xtask test`: every test, for real. On this host the fallback backend
-//! (tracepoints, cgroup socket hooks); then, in a VM booting a kernel where BPF
-//! LSM works, the LSM backend. Integration tests load programs into the
-//! running kernel and attach at the cgroup root, so they run one at a time.
+//! `cargo xtask test`: every test, for real. On this host: unit tests and the
+//! integration tests of rtid-tests (tracepoints, cgroup socket hooks). Then, in a
+//! VM booting a kernel where BPF LSM works, the LSM suite (see vm.rs).
 
 use crate::{
     command::{cargo, checked, require_root},
     setup, vm,
 };
 
-pub fn run_tests(extra: &[String]) -> anyhow::Result<()> {
+/// Unit and integration tests in one run: unit tests are cheap, and the
+/// integration tests load programs into the running kernel and attach at the
+/// cgroup root, so no two may run at once (`--test-threads=1`).
+fn host_tests(extra: &[String]) -> anyhow::Result<()> {
     let mut command = cargo();
-    command.args(["test", "--workspace", "--exclude", "rtid-ebpf", "--", "--test-threads=1"]).args(extra);
+    command
+        .args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "rtid-ebpf",
+            "--",
+            "--test-threads=1",
+        ])
+        .args(extra);
     checked(&mut command)
 }
 
+/// `extra` (test name filters, libtest flags) goes to both runs.
 pub fn run(extra: &[String]) -> anyhow::Result<()> {
     require_root("cargo xtask test")?;
-    setup::mounts()?;
-    println!("== host tests (fallback backend) ==");
-    run_tests(extra)?;
-    println!("== VM tests (BPF LSM backend) ==");
-    vm::run(None)
+    setup::ensure_mounts()?;
+    println!("== host: unit and integration tests ==");
+    host_tests(extra)?;
+    println!("== VM: BPF LSM suite ==");
+    vm::run(extra)
 }
