@@ -17,6 +17,9 @@ pub struct ProcessIdentity {
 }
 
 /// How a process came by its identity.
+/// Ruleset id under which exec selectors are keyed in `EXEC_SELECTORS`.
+pub const SELECTOR_RULESET: u32 = 0;
+
 pub mod label_source {
     /// Labeled from userspace (launcher or `label --pid`).
     pub const LABEL: u32 = 1;
@@ -97,7 +100,9 @@ pub struct RuntimeState {
     /// Non-zero when `CGROUP_IDENTITY` has entries: untagged forks and execs
     /// only search the cgroup hierarchy then.
     pub cgroup_bindings: u32,
-    pub _pad: u32,
+    /// Non-zero when `EXEC_SELECTORS` has entries: untagged execs only
+    /// resolve their binary's path then.
+    pub exec_selectors: u32,
 }
 
 #[cfg(feature = "user")]

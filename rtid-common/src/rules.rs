@@ -198,5 +198,82 @@ pub fn stricter(a: (Verdict, Option<RuleMatch>), b: (Verdict, Option<RuleMatch>)
     if b.0 > a.0 { b } else { a }
 }
 
+const ACCESS_BITS: [u8; 3] = [crate::verdict::access::READ, crate::verdict::access::WRITE, crate::verdict::access::EXEC];
+
+/// The winning candidate of one trie entry for each requested access bit.
+/// `settle` is applied to each result (the kernel passes it through map memory
+/// to keep the verifier's state count down; userspace passes it through).
+#[inline(always)]
+fn candidates_per_bit(
+    list: Option<&PathRuleList>,
+    requested: u8,
+    now_ns: u64,
+    settle: &impl Fn(Option<RuleMatch>) -> Option<RuleMatch>,
+) -> [Option<RuleMatch>; 3] {
+    let mut found = [None; 3];
+    // Every use of the list sits inside its null check: the verifier refuses
+    // arithmetic on a possibly-null map value, which a shared loop invited.
+    if let Some(list) = list {
+        let mut index = 0;
+        while index < ACCESS_BITS.len() {
+            if requested & ACCESS_BITS[index] != 0 {
+                found[index] = settle(select_path_rule(list, ACCESS_BITS[index], now_ns));
+            }
+            index += 1;
+        }
+    }
+    found
+}
+
+/// The decision for a path: per requested access bit, the stronger of the
+/// prefix-trie and suffix-trie winners (or the default when neither matches);
+/// across bits, the strictest. `None` when no access was requested (O_PATH).
+/// The kernel programs and `rtid policy explain` both decide through this.
+#[inline(always)]
+pub fn decide_path(
+    prefix: Option<&PathRuleList>,
+    suffix: Option<&PathRuleList>,
+    requested: u8,
+    default: Verdict,
+    now_ns: u64,
+    settle: &impl Fn(Option<RuleMatch>) -> Option<RuleMatch>,
+) -> Option<(Verdict, Option<RuleMatch>)> {
+    let from_prefix = candidates_per_bit(prefix, requested, now_ns, settle);
+    let from_suffix = candidates_per_bit(suffix, requested, now_ns, settle);
+    let mut result: Option<(Verdict, Option<RuleMatch>)> = None;
+    let mut index = 0;
+    while index < ACCESS_BITS.len() {
+        if requested & ACCESS_BITS[index] != 0 {
+            let pair = match stronger_match(from_prefix[index], from_suffix[index]) {
+                Some(rule) => (rule.verdict, Some(rule)),
+                None => (default, None),
+            };
+            result = Some(match result {
+                Some(previous) => stricter(previous, pair),
+                None => pair,
+            });
+        }
+        index += 1;
+    }
+    result
+}
+
+/// The decision for an address and port (see `decide_path`).
+#[inline(always)]
+pub fn decide_address(
+    list: Option<&NetRuleList>,
+    port: u16,
+    protocol_bit: u8,
+    default: Verdict,
+    now_ns: u64,
+    settle: &impl Fn(Option<RuleMatch>) -> Option<RuleMatch>,
+) -> (Verdict, Option<RuleMatch>) {
+    let found = settle(list.and_then(|list| select_net_rule(list, port, protocol_bit, now_ns)));
+    match found {
+        Some(rule) => (rule.verdict, Some(rule)),
+        None => (default, None),
+    }
+}
+
 #[cfg(feature = "user")]
 crate::impl_pod!(PathKey, PathRule, PathRuleList, NetKey, NetRule, NetRuleList);

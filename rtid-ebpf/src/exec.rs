@@ -8,14 +8,14 @@ use aya_ebpf::{
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use rtid_common::{access, counter, label_source, Backend, EventKind, ProcessIdentity, SIGKILL};
+use rtid_common::{access, counter, label_source, Backend, EventKind, ProcessIdentity, SELECTOR_RULESET, SIGKILL};
 
 use crate::{
     events::{emit, EventFacts, EventObject},
     identity::bound_cgroup_identity,
     judge::{settle_decision, active_policy, enforce, identity_of, judge_path, status_override, Enforcement},
     kernel::{binprm_file, current_task, file_path, offsets_valid, process_start_ns, KernelPtr, ReadError},
-    maps::{count, BACKEND_CONFIG, PROCESS_IDENTITY},
+    maps::{count, BACKEND_CONFIG, EXEC_SELECTORS, PROCESS_IDENTITY, RUNTIME_STATE},
     path::{build_keys, resolve, scratch},
 };
 
@@ -31,12 +31,16 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
 
 fn try_sched_process_exec(ctx: &BtfTracePointContext) -> Result<(), ReadError> {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let bprm: KernelPtr = ctx.arg(2);
     let process = match identity_of(tgid) {
         Some(process) => process,
         None => match bound_cgroup_identity() {
             // Moved into a bound cgroup since it was forked: tag it now, before the new image runs.
             Some(identity) => tag_current(tgid, identity, label_source::CGROUP)?,
-            None => return Ok(()),
+            None => match selected_identity(bprm)? {
+                Some(identity) => tag_current(tgid, identity, label_source::SELECTOR)?,
+                None => return Ok(()),
+            },
         },
     };
     if BACKEND_CONFIG.get(0).is_some_and(|config| config.lsm_exec != 0) {
@@ -46,13 +50,26 @@ fn try_sched_process_exec(ctx: &BtfTracePointContext) -> Result<(), ReadError> {
     if !offsets_valid() {
         return Err(ReadError);
     }
-    let bprm: KernelPtr = ctx.arg(2);
     let enforcement = judge_exec(&process, bprm, Backend::Tracepoint)?;
     if enforcement.kill {
         // SAFETY: the helper signals the current task; no memory is involved.
         unsafe { bpf_send_signal(SIGKILL) };
     }
     Ok(())
+}
+
+/// The identity an exec selector assigns to this binary, if any. Only
+/// resolves the path when selectors exist, so untagged execs stay cheap.
+fn selected_identity(bprm: KernelPtr) -> Result<Option<u32>, ReadError> {
+    let selectors = RUNTIME_STATE.get(0).is_some_and(|state| state.exec_selectors != 0);
+    if !selectors || !offsets_valid() {
+        return Ok(None);
+    }
+    let (mnt, dentry) = file_path(binprm_file(bprm)?)?;
+    let scratch = scratch().ok_or(ReadError)?;
+    let resolved = resolve(scratch, mnt, dentry)?;
+    build_keys(scratch, &resolved, SELECTOR_RULESET);
+    Ok(EXEC_SELECTORS.get(&scratch.prefix_key).copied())
 }
 
 fn tag_current(tgid: u32, identity: u32, source: u32) -> Result<ProcessIdentity, ReadError> {

@@ -4,8 +4,8 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_boot_ns;
 use rtid_common::{
-    access, event_flags, mode, select_net_rule, select_path_rule, stricter, stronger_match,
-    DecisionSource, IdentityId, IdentityPolicy, IdentityPolicyKey, NetKey, Outcome, PathKey, PathRuleList,
+    access, decide_address, decide_path, event_flags, mode, select_path_rule,
+    DecisionSource, IdentityId, IdentityPolicy, IdentityPolicyKey, NetKey, Outcome, PathKey,
     ProcessIdentity, RuleMatch, Verdict, EACCES, EPERM,
 };
 use aya_ebpf::maps::lpm_trie::Key;
@@ -114,10 +114,8 @@ impl Decision {
     #[inline(always)]
     fn from_pair(pair: (Verdict, Option<RuleMatch>)) -> Decision {
         match pair.1 {
-            Some(rule) if rule.verdict == pair.0 => {
-                Decision { verdict: pair.0, source: DecisionSource::Rule, rule_id: rule.rule_id }
-            }
-            _ => Decision { verdict: pair.0, source: DecisionSource::Default, rule_id: 0 },
+            Some(rule) => Decision { verdict: pair.0, source: DecisionSource::Rule, rule_id: rule.rule_id },
+            None => Decision { verdict: pair.0, source: DecisionSource::Default, rule_id: 0 },
         }
     }
 }
@@ -141,26 +139,6 @@ pub fn status_override(identity: IdentityId, active: &ActivePolicy) -> Option<De
     Some(Decision { verdict, source, rule_id: 0 })
 }
 
-const ACCESS_BITS: [u8; 3] = [access::READ, access::WRITE, access::EXEC];
-
-/// The winning candidate of one trie entry for each requested access bit.
-/// Every use of the list sits inside its null check: the verifier refuses
-/// arithmetic on a possibly-null map value, which a shared loop invited.
-#[inline(always)]
-fn candidates_per_bit(list: Option<&PathRuleList>, requested: u8, now_ns: u64) -> [Option<RuleMatch>; 3] {
-    let mut found = [None; 3];
-    if let Some(list) = list {
-        let mut index = 0;
-        while index < ACCESS_BITS.len() {
-            if requested & ACCESS_BITS[index] != 0 {
-                found[index] = settle_match(select_path_rule(list, ACCESS_BITS[index], now_ns));
-            }
-            index += 1;
-        }
-    }
-    found
-}
-
 /// Judges a path against the prefix and suffix tries, per requested access bit;
 /// the strictest result across bits holds.
 #[inline(always)]
@@ -171,31 +149,20 @@ pub fn judge_path(
     default: u8,
     now_ns: u64,
 ) -> Decision {
-    let from_prefix = candidates_per_bit(PATH_PREFIX_RULES.get(prefix_key), requested, now_ns);
-    let from_suffix = candidates_per_bit(PATH_SUFFIX_RULES.get(suffix_key), requested, now_ns);
-    let mut result: (Verdict, Option<RuleMatch>) = (Verdict::Allow, None);
-    let mut first = true;
-    let mut index = 0;
-    while index < ACCESS_BITS.len() {
-        if requested & ACCESS_BITS[index] != 0 {
-            let pair = Decision::from_match(stronger_match(from_prefix[index], from_suffix[index]), default);
-            result = if first { pair } else { stricter(result, pair) };
-            first = false;
-        }
-        index += 1;
-    }
-    if first {
+    let prefix = PATH_PREFIX_RULES.get(prefix_key);
+    let suffix = PATH_SUFFIX_RULES.get(suffix_key);
+    match decide_path(prefix, suffix, requested, Verdict::from_u8(default), now_ns, &settle_match) {
+        Some(pair) => settle_decision(Decision::from_pair(pair)),
         // No access requested (O_PATH): nothing to judge.
-        return Decision { verdict: Verdict::Allow, source: DecisionSource::Default, rule_id: 0 };
+        None => Decision { verdict: Verdict::Allow, source: DecisionSource::Default, rule_id: 0 },
     }
-    settle_decision(Decision::from_pair(result))
 }
 
 /// Judges an address (v6 or v4-mapped) and port against the network trie.
 #[inline(always)]
 pub fn judge_address(key: &Key<NetKey>, port: u16, protocol_bit: u8, default: u8, now_ns: u64) -> Decision {
-    let found = settle_match(NET_RULES.get(key).and_then(|list| select_net_rule(list, port, protocol_bit, now_ns)));
-    settle_decision(Decision::from_pair(Decision::from_match(found, default)))
+    let pair = decide_address(NET_RULES.get(key), port, protocol_bit, Verdict::from_u8(default), now_ns, &settle_match);
+    settle_decision(Decision::from_pair(pair))
 }
 
 /// Judges a unix socket path (exact or directory-prefix rules).

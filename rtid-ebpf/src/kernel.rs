@@ -57,13 +57,6 @@ pub fn process_start_ns(task: KernelPtr) -> Result<u64, ReadError> {
     read_at(leader, offset!(task_start_boottime))
 }
 
-/// tgid of `task->real_parent`.
-#[inline(always)]
-pub fn parent_tgid(task: KernelPtr) -> Result<u32, ReadError> {
-    let parent = read_ptr(task, offset!(task_real_parent))?;
-    task_tgid(parent)
-}
-
 /// True when the whole thread group has exited (`signal->live` reached 0,
 /// which do_exit decrements before the exit tracepoint fires). Works on every
 /// kernel, unlike the `group_dead` tracepoint argument added in 6.x.

@@ -54,6 +54,11 @@ pub static PATH_SUFFIX_RULES: LpmTrie<PathKey, PathRuleList> = LpmTrie::with_max
 #[map]
 pub static UNIX_RULES: LpmTrie<PathKey, PathRuleList> = LpmTrie::with_max_entries(MAX_UNIX_ENTRIES, 0);
 
+/// Exec selectors: a binary's exact path (NUL-terminated, ruleset
+/// `SELECTOR_RULESET`) to the identity an untagged process takes when it execs it.
+#[map]
+pub static EXEC_SELECTORS: LpmTrie<PathKey, IdentityId> = LpmTrie::with_max_entries(1024, 0);
+
 /// IPv4 (v4-mapped) and IPv6 rules.
 #[map]
 pub static NET_RULES: LpmTrie<NetKey, NetRuleList> = LpmTrie::with_max_entries(MAX_NET_ENTRIES, 0);
@@ -108,9 +113,13 @@ pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
 /// the zero initialiser: the real values are patched into `.rodata` at load time.
 macro_rules! offset {
     ($field:ident) => {
-        // SAFETY: KERNEL_OFFSETS is a valid, aligned static; the volatile read
-        // only prevents constant folding.
-        unsafe { core::ptr::read_volatile(&$crate::maps::KERNEL_OFFSETS.$field) } as usize
+        {
+            // SAFETY: KERNEL_OFFSETS is a valid, aligned static; the volatile
+            // read only prevents constant folding.
+            #[allow(unused_unsafe)]
+            let value = unsafe { core::ptr::read_volatile(&$crate::maps::KERNEL_OFFSETS.$field) };
+            value as usize
+        }
     };
 }
 pub(crate) use offset;

@@ -2,6 +2,9 @@
 //! maps, and decoding what they report. The `rtid` binary (daemon and CLI) is
 //! built on this library; the integration tests drive it directly.
 
+pub mod api;
+pub mod cli;
+pub mod daemon;
 pub mod events;
 pub mod launch;
 pub mod loader;

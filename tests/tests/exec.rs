@@ -64,3 +64,27 @@ fn allowed_exec_is_reported_for_identified_processes() {
     assert_eq!(event.verdict, Verdict::Allow as u8);
     assert_eq!(event_path(&event), probe_path().canonicalize().unwrap().display().to_string());
 }
+
+#[test]
+fn an_exec_selector_labels_a_process_started_without_the_cli() {
+    let dir = TestDir::new("selector");
+    let agent = dir.path("bin/agent");
+    std::fs::create_dir_all(dir.path("bin")).unwrap();
+    std::fs::copy(probe_path(), &agent).unwrap();
+    let secret = dir.file("secret/token", "s3cret");
+    let mut spec = IdentitySpec::new("selected");
+    spec.files = vec![PathRuleSpec::file("secret", PathPattern::Directory(format!("{}/secret/", dir.0.display())), Verdict::Deny)];
+    let mut harness = Harness::start(vec![spec]);
+    harness.kernel.set_exec_selectors(&[(agent.clone(), "selected".into())]).expect("selectors");
+
+    // Started by a plain, untagged Command: the exec itself assigns the identity.
+    let output = std::process::Command::new(&agent).args(["open", &secret]).output().expect("run agent");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(output.status.signal(), Some(libc::SIGKILL), "selected by its exe and judged: {output:?}");
+    let id = harness.identity_id("selected");
+    let event = harness.expect_event("exec of the selected binary", |e| e.kind == EventKind::Exec as u8 && e.identity == id);
+    assert_eq!(event_path(&event), agent);
+    // Other binaries stay untagged.
+    let other = harness.probe_untagged(&["open", &secret]);
+    assert!(other.succeeded(), "{other:?}");
+}

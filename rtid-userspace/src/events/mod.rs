@@ -1,4 +1,6 @@
-//! Reading events from the kernel ring buffer.
+//! Reading events from the kernel ring buffer, and their JSON form.
+
+pub mod record;
 
 use std::{
     os::fd::{AsFd, AsRawFd},
@@ -70,5 +72,11 @@ impl EventReader {
 
     pub fn as_ring(&mut self) -> &mut RingBuf<MapData> {
         &mut self.ring
+    }
+}
+
+impl std::os::fd::AsRawFd for EventReader {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.ring.as_fd().as_raw_fd()
     }
 }

@@ -52,13 +52,13 @@ fn bpf_lsm_active() -> Result<(), String> {
     }
 }
 
-pub fn attach(ebpf: &mut Ebpf, btf: &Btf) -> LsmAttachment {
+pub fn attach(ebpf: &mut Ebpf, btf: &Btf, pins: &super::pins::Pinner) -> LsmAttachment {
     if let Err(reason) = bpf_lsm_active() {
         return LsmAttachment { reason: Some(reason), ..LsmAttachment::default() };
     }
     let mut reasons = Vec::new();
     let mut family = |hooks: &[&str]| -> bool {
-        hooks.iter().all(|hook| match attach_one(ebpf, btf, hook) {
+        hooks.iter().all(|hook| match attach_one(ebpf, btf, hook, pins) {
             Ok(()) => true,
             Err(reason) => {
                 reasons.push(reason);
@@ -73,13 +73,17 @@ pub fn attach(ebpf: &mut Ebpf, btf: &Btf) -> LsmAttachment {
     LsmAttachment { file, exec, net, reason }
 }
 
-fn attach_one(ebpf: &mut Ebpf, btf: &Btf, hook: &str) -> Result<(), String> {
+fn attach_one(ebpf: &mut Ebpf, btf: &Btf, hook: &str, pins: &super::pins::Pinner) -> Result<(), String> {
     let program: &mut Lsm = ebpf
         .program_mut(hook)
         .ok_or_else(|| format!("lsm/{hook} missing from the eBPF object"))?
         .try_into()
         .map_err(|error| format!("lsm/{hook}: {error}"))?;
     program.load(hook, btf).map_err(|error| format!("lsm/{hook} does not load on this kernel: {error}"))?;
-    program.attach().map_err(|error| format!("lsm/{hook} does not attach: {error}"))?;
+    let link = program.attach().map_err(|error| format!("lsm/{hook} does not attach: {error}"))?;
+    if pins.enabled() {
+        let link = program.take_link(link).map_err(|error| format!("lsm/{hook}: {error}"))?;
+        pins.pin_link(hook, link.into()).map_err(|error| error.to_string())?;
+    }
     Ok(())
 }

@@ -45,6 +45,7 @@ pub struct KernelMaps {
     path_suffix: LpmTrie<MapData, PathKey, PathRuleList>,
     unix_rules: LpmTrie<MapData, PathKey, PathRuleList>,
     net_rules: LpmTrie<MapData, NetKey, NetRuleList>,
+    exec_selectors: LpmTrie<MapData, PathKey, IdentityId>,
     counters: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
     installed: InstalledEntries,
@@ -88,10 +89,42 @@ impl KernelMaps {
             path_suffix: take(ebpf, "PATH_SUFFIX_RULES")?,
             unix_rules: take(ebpf, "UNIX_RULES")?,
             net_rules: take(ebpf, "NET_RULES")?,
+            exec_selectors: take(ebpf, "EXEC_SELECTORS")?,
             counters: take(ebpf, "COUNTERS")?,
             events: Some(take(ebpf, "EVENTS")?),
             installed: InstalledEntries::default(),
         })
+    }
+
+    /// Opens maps pinned by an earlier instance.
+    pub fn from_pins(dir: &std::path::Path) -> Result<KernelMaps, LoadError> {
+        let open = |name: &'static str| -> Result<aya::maps::Map, LoadError> {
+            let data = MapData::from_pin(dir.join(name)).map_err(map_error(name))?;
+            aya::maps::Map::from_map_data(data).map_err(map_error(name))
+        };
+        fn typed<T: TryFrom<aya::maps::Map, Error = MapError>>(name: &'static str, map: aya::maps::Map) -> Result<T, LoadError> {
+            T::try_from(map).map_err(map_error(name))
+        }
+        Ok(KernelMaps {
+            process_identity: typed("PROCESS_IDENTITY", open("PROCESS_IDENTITY")?)?,
+            cgroup_identity: typed("CGROUP_IDENTITY", open("CGROUP_IDENTITY")?)?,
+            identity_policy: typed("IDENTITY_POLICY", open("IDENTITY_POLICY")?)?,
+            identity_status: typed("IDENTITY_STATUS", open("IDENTITY_STATUS")?)?,
+            runtime_state: typed("RUNTIME_STATE", open("RUNTIME_STATE")?)?,
+            backend_config: typed("BACKEND_CONFIG", open("BACKEND_CONFIG")?)?,
+            path_prefix: typed("PATH_PREFIX_RULES", open("PATH_PREFIX_RULES")?)?,
+            path_suffix: typed("PATH_SUFFIX_RULES", open("PATH_SUFFIX_RULES")?)?,
+            unix_rules: typed("UNIX_RULES", open("UNIX_RULES")?)?,
+            net_rules: typed("NET_RULES", open("NET_RULES")?)?,
+            exec_selectors: typed("EXEC_SELECTORS", open("EXEC_SELECTORS")?)?,
+            counters: typed("COUNTERS", open("COUNTERS")?)?,
+            events: Some(typed("EVENTS", open("EVENTS")?)?),
+            installed: InstalledEntries::default(),
+        })
+    }
+
+    pub fn backend_config(&self) -> Result<BackendConfig, LoadError> {
+        self.backend_config.get(&0, 0).map_err(map_error("BACKEND_CONFIG"))
     }
 
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, LoadError> {
@@ -114,6 +147,29 @@ impl KernelMaps {
 
     pub fn set_backend_config(&mut self, config: &BackendConfig) -> Result<(), LoadError> {
         self.backend_config.set(0, config, 0).map_err(map_error("BACKEND_CONFIG"))
+    }
+
+    /// The policy of an identity in the active slot, as the kernel reads it.
+    pub fn active_policy(&self, identity: IdentityId) -> Result<Option<IdentityPolicy>, LoadError> {
+        let slot = self.runtime_state()?.active_slot;
+        match self.identity_policy.get(&IdentityPolicyKey { slot, identity }, 0) {
+            Ok(policy) => Ok(Some(policy)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(error) => Err(map_error("IDENTITY_POLICY")(error)),
+        }
+    }
+
+    /// Longest-prefix lookups in the live tries (the kernel's own LPM search).
+    pub fn lookup_prefix(&self, key: &Key<PathKey>) -> Option<PathRuleList> {
+        self.path_prefix.get(key, 0).ok()
+    }
+
+    pub fn lookup_suffix(&self, key: &Key<PathKey>) -> Option<PathRuleList> {
+        self.path_suffix.get(key, 0).ok()
+    }
+
+    pub fn lookup_net(&self, key: &Key<NetKey>) -> Option<NetRuleList> {
+        self.net_rules.get(key, 0).ok()
     }
 
     pub fn runtime_state(&self) -> Result<RuntimeState, LoadError> {
@@ -151,6 +207,23 @@ impl KernelMaps {
         self.identity_status.insert(&identity, &status, 0).map_err(map_error("IDENTITY_STATUS"))
     }
 
+    /// Replaces the exec selectors: exact binary paths to identities.
+    pub fn set_exec_selectors(&mut self, selectors: &[(String, IdentityId)]) -> Result<(), LoadError> {
+        let old: Vec<Key<PathKey>> = self.exec_selectors.keys().filter_map(Result::ok).collect();
+        for key in &old {
+            let _ = self.exec_selectors.remove(key);
+        }
+        for (path, identity) in selectors {
+            let mut bytes = path.as_bytes().to_vec();
+            bytes.push(0);
+            let key = path_key(rtid_common::SELECTOR_RULESET, &bytes);
+            self.exec_selectors.insert(&key, identity, 0).map_err(map_error("EXEC_SELECTORS"))?;
+        }
+        let mut state = self.runtime_state()?;
+        state.exec_selectors = !selectors.is_empty() as u32;
+        self.runtime_state.set(0, &state, 0).map_err(map_error("RUNTIME_STATE"))
+    }
+
     pub fn bind_cgroup(&mut self, cgroup_id: u64, identity: IdentityId) -> Result<(), LoadError> {
         self.cgroup_identity.insert(&cgroup_id, &identity, 0).map_err(map_error("CGROUP_IDENTITY"))?;
         let mut state = self.runtime_state()?;
@@ -176,6 +249,9 @@ impl KernelMaps {
         }
         let previous = std::mem::replace(&mut self.installed, written);
         self.remove_entries(&previous);
+        // After adopting pins, the previous policy's keys are not in memory:
+        // find whatever is left under the old slot and remove it.
+        self.remove_slot(state.active_slot.min(1));
         Ok(())
     }
 
@@ -205,6 +281,18 @@ impl KernelMaps {
             written.policies.push(key);
         }
         Ok(())
+    }
+
+    /// Removes every entry whose ruleset belongs to `slot` (rulesets are `slot << 16 | n`).
+    fn remove_slot(&mut self, slot: u32) {
+        let in_slot = |ruleset: u32| ruleset >> 16 == slot;
+        let mut stale = InstalledEntries::default();
+        stale.prefix = self.path_prefix.keys().filter_map(Result::ok).filter(|key| in_slot(key.data().ruleset)).collect();
+        stale.suffix = self.path_suffix.keys().filter_map(Result::ok).filter(|key| in_slot(key.data().ruleset)).collect();
+        stale.unix = self.unix_rules.keys().filter_map(Result::ok).filter(|key| in_slot(key.data().ruleset)).collect();
+        stale.net = self.net_rules.keys().filter_map(Result::ok).filter(|key| in_slot(key.data().ruleset)).collect();
+        stale.policies = self.identity_policy.keys().filter_map(Result::ok).filter(|key| key.slot == slot).collect();
+        self.remove_entries(&stale);
     }
 
     fn remove_entries(&mut self, entries: &InstalledEntries) {

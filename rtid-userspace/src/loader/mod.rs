@@ -4,11 +4,17 @@
 pub mod btf_offsets;
 pub mod cgroup;
 mod clock;
+mod explain;
 mod lsm;
+mod pins;
 mod maps;
 mod procfs_stat;
 
-use std::{collections::BTreeMap, path::Path, time::Duration};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use aya::{
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSockAddr, TracePoint},
@@ -46,6 +52,8 @@ pub enum LoadError {
     Cgroup(std::io::Error),
     #[error("process {pid}: {problem}")]
     Process { pid: u32, problem: String },
+    #[error("pinning under {path}: {problem}")]
+    Pin { path: String, problem: String },
     #[error("BPF LSM required but unavailable: {0}")]
     LsmUnavailable(String),
     #[error("unknown identity {0:?} (not in the policy in force)")]
@@ -78,18 +86,24 @@ pub struct LoadOptions {
     /// Bytes of the events ring buffer (a power of two, page multiple).
     pub ring_bytes: u32,
     pub lsm: LsmMode,
+    /// Pin maps and links here (e.g. /sys/fs/bpf/rtid) so enforcement outlives
+    /// the process; if pins are already there, adopt them instead of loading.
+    pub pin_dir: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { ring_bytes: DEFAULT_RING_BYTES, lsm: LsmMode::Auto }
+        LoadOptions { ring_bytes: DEFAULT_RING_BYTES, lsm: LsmMode::Auto, pin_dir: None }
     }
 }
 
 /// The loaded, attached programs and their maps. Dropping it detaches everything.
 pub struct RtidKernel {
-    /// Owns the programs and their links; dropping detaches them.
-    _ebpf: Ebpf,
+    /// Owns the programs and their unpinned links; dropping detaches those.
+    /// `None` when adopted from pins.
+    _ebpf: Option<Ebpf>,
+    /// Where maps and links are pinned, if they are.
+    pin_dir: Option<PathBuf>,
     maps: KernelMaps,
     events: Option<EventReader>,
     backends: BackendReport,
@@ -112,6 +126,12 @@ const CGROUP_SOCK_PROGRAMS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "se
 impl RtidKernel {
     /// Loads and attaches every program, with kernel offsets from the running kernel's BTF.
     pub fn load(options: &LoadOptions) -> Result<RtidKernel, LoadError> {
+        if let Some(dir) = &options.pin_dir {
+            if pins::present(dir) {
+                return RtidKernel::adopt(dir);
+            }
+        }
+        let pins = pins::Pinner::new(options.pin_dir.as_deref())?;
         let offsets: KernelOffsets = btf_offsets::running_kernel_offsets()?;
         let mut ebpf = EbpfLoader::new()
             .override_global("KERNEL_OFFSETS", &offsets, true)
@@ -120,27 +140,29 @@ impl RtidKernel {
         let btf = Btf::from_sys_fs()?;
         let lsm = match options.lsm {
             LsmMode::Off => lsm::LsmAttachment::default(),
-            LsmMode::Auto | LsmMode::Required => lsm::attach(&mut ebpf, &btf),
+            LsmMode::Auto | LsmMode::Required => lsm::attach(&mut ebpf, &btf, &pins),
         };
         if options.lsm == LsmMode::Required && !lsm.all() {
             return Err(LoadError::LsmUnavailable(lsm.reason.clone().unwrap_or_default()));
         }
-        attach_sched(&mut ebpf, &btf)?;
+        attach_sched(&mut ebpf, &btf, &pins)?;
         if !lsm.file {
-            attach_tracepoint(&mut ebpf, "sys_exit_open", &FILE_TRACEPOINTS)?;
+            attach_tracepoint(&mut ebpf, "sys_exit_open", &FILE_TRACEPOINTS, &pins)?;
         }
         if !lsm.net {
             for name in UNIX_TRACEPOINTS {
-                attach_tracepoint(&mut ebpf, name, &[name])?;
+                attach_tracepoint(&mut ebpf, name, &[name], &pins)?;
             }
-            attach_cgroup_sock(&mut ebpf)?;
+            attach_cgroup_sock(&mut ebpf, &pins)?;
         }
+        pins.pin_maps(&ebpf)?;
         let mut maps = KernelMaps::take(&mut ebpf)?;
         maps.set_backend_config(&lsm.config())?;
         let backends = lsm.report();
         let events = Some(EventReader::new(maps.take_events()?));
         Ok(RtidKernel {
-            _ebpf: ebpf,
+            _ebpf: Some(ebpf),
+            pin_dir: options.pin_dir.clone(),
             maps,
             events,
             backends,
@@ -148,6 +170,51 @@ impl RtidKernel {
             identity_ids: BTreeMap::new(),
             policy: CompiledPolicy::default(),
         })
+    }
+
+    /// Opens the maps pinned by an earlier load; the programs are still
+    /// attached through their pinned links and keep enforcing meanwhile.
+    fn adopt(dir: &Path) -> Result<RtidKernel, LoadError> {
+        let mut maps = KernelMaps::from_pins(&dir.join("maps"))?;
+        let config = maps.backend_config()?;
+        let lsm = lsm::LsmAttachment { file: config.lsm_file != 0, exec: config.lsm_exec != 0, net: config.lsm_net != 0, reason: None };
+        let events = Some(EventReader::new(maps.take_events()?));
+        Ok(RtidKernel {
+            _ebpf: None,
+            pin_dir: Some(dir.to_path_buf()),
+            maps,
+            events,
+            backends: lsm.report(),
+            lsm_note: Some("adopted from pins".into()),
+            identity_ids: BTreeMap::new(),
+            policy: CompiledPolicy::default(),
+        })
+    }
+
+    /// Whether this instance adopted pins left by an earlier one.
+    pub fn adopted(&self) -> bool {
+        self._ebpf.is_none()
+    }
+
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pin_dir.as_deref()
+    }
+
+    /// Identity ids from saved state, so adopted maps keep their meaning.
+    pub fn restore_identity_ids(&mut self, ids: BTreeMap<String, IdentityId>) {
+        self.identity_ids = ids;
+    }
+
+    pub fn identity_ids(&self) -> &BTreeMap<String, IdentityId> {
+        &self.identity_ids
+    }
+
+    /// Removes the pins (links detach, maps go when the last user closes them).
+    pub fn unpin(&mut self) -> std::io::Result<()> {
+        match self.pin_dir.take() {
+            Some(dir) => pins::remove(&dir),
+            None => Ok(()),
+        }
     }
 
     pub fn backends(&self) -> BackendReport {
@@ -234,6 +301,17 @@ impl RtidKernel {
         self.maps.bind_cgroup(cgroup_id, id)
     }
 
+    /// Exec selectors: an untagged process that execs one of these binaries
+    /// takes the identity, in the kernel, before the binary runs.
+    pub fn set_exec_selectors(&mut self, selectors: &[(String, String)]) -> Result<(), LoadError> {
+        let mut resolved = Vec::new();
+        for (path, identity) in selectors {
+            let id = self.identity_id(identity).ok_or_else(|| LoadError::UnknownIdentity(identity.clone()))?;
+            resolved.push((path.clone(), id));
+        }
+        self.maps.set_exec_selectors(&resolved)
+    }
+
     /// Starts an identity's TTL at its first assignment.
     fn start_identity_clock(&mut self, identity: &str) -> Result<(), LoadError> {
         let Some(ttl) = self.policy.identity(identity).and_then(|compiled| compiled.spec.ttl) else {
@@ -256,6 +334,21 @@ impl RtidKernel {
         self.maps.set_status(id, status)
     }
 
+    /// The policy generation in force.
+    pub fn generation(&self) -> Result<u32, LoadError> {
+        Ok(self.maps.runtime_state()?.generation)
+    }
+
+    pub fn identity_status(&self, id: IdentityId) -> Result<IdentityStatus, LoadError> {
+        self.maps.status(id)
+    }
+
+    /// What the kernel would decide for `identity` doing `action` now: the
+    /// same live maps and the same decision functions the programs use.
+    pub fn explain(&self, identity: &str, action: &crate::api::ExplainAction) -> Result<crate::api::Explanation, LoadError> {
+        explain::explain(self, identity, action)
+    }
+
     /// Revokes (or restores) an identity: one map write, effective on the next call.
     pub fn set_revoked(&mut self, identity: &str, revoked: bool) -> Result<(), LoadError> {
         let id = self.identity_id(identity).ok_or_else(|| LoadError::UnknownIdentity(identity.into()))?;
@@ -264,36 +357,56 @@ impl RtidKernel {
     }
 }
 
-fn attach_sched(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), LoadError> {
+fn attach_sched(ebpf: &mut Ebpf, btf: &Btf, pins: &pins::Pinner) -> Result<(), LoadError> {
     for name in SCHED_TRACEPOINTS {
         let program: &mut BtfTracePoint = program_mut(ebpf, name)?;
         program.load(name, btf).map_err(|source| LoadError::Program { program: name, source })?;
-        program.attach().map_err(|source| LoadError::Program { program: name, source })?;
+        let link = program.attach().map_err(|source| LoadError::Program { program: name, source })?;
+        if pins.enabled() {
+            let link = program.take_link(link).map_err(|source| LoadError::Program { program: name, source })?;
+            pins.pin_link(name, link.into())?;
+        }
     }
     Ok(())
 }
 
 /// Loads the syscall tracepoint program `program` once and attaches it to each of `tracepoints`.
-fn attach_tracepoint(ebpf: &mut Ebpf, program: &'static str, tracepoints: &[&'static str]) -> Result<(), LoadError> {
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    tracepoints: &[&'static str],
+    pins: &pins::Pinner,
+) -> Result<(), LoadError> {
     let loaded: &mut TracePoint = program_mut(ebpf, program)?;
     loaded.load().map_err(|source| LoadError::Program { program, source })?;
     for &tracepoint in tracepoints {
-        loaded.attach("syscalls", tracepoint).map_err(|source| LoadError::Program { program: tracepoint, source })?;
+        let link = loaded.attach("syscalls", tracepoint).map_err(|source| LoadError::Program { program: tracepoint, source })?;
+        if pins.enabled() {
+            let link = loaded.take_link(link).map_err(|source| LoadError::Program { program: tracepoint, source })?;
+            let link = aya::programs::links::FdLink::try_from(link).map_err(|error| pins::link_error(tracepoint, error))?;
+            pins.pin_link(tracepoint, link)?;
+        }
     }
     Ok(())
 }
 
-fn attach_cgroup_sock(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+fn attach_cgroup_sock(ebpf: &mut Ebpf, pins: &pins::Pinner) -> Result<(), LoadError> {
     let root = cgroup::cgroup2_root().map_err(LoadError::Cgroup)?;
     let root = std::fs::File::open(&root).map_err(LoadError::Cgroup)?;
     for name in CGROUP_SOCK_PROGRAMS {
         let program: &mut CgroupSockAddr = program_mut(ebpf, name)?;
         program.load().map_err(|source| LoadError::Program { program: name, source })?;
         // Coexist with other cgroup programs where the kernel allows it.
-        if program.attach(&root, CgroupAttachMode::AllowMultiple).is_err() {
-            program
+        let link = match program.attach(&root, CgroupAttachMode::AllowMultiple) {
+            Ok(link) => link,
+            Err(_) => program
                 .attach(&root, CgroupAttachMode::Single)
-                .map_err(|source| LoadError::Program { program: name, source })?;
+                .map_err(|source| LoadError::Program { program: name, source })?,
+        };
+        if pins.enabled() {
+            let link = program.take_link(link).map_err(|source| LoadError::Program { program: name, source })?;
+            let link = aya::programs::links::FdLink::try_from(link).map_err(|error| pins::link_error(name, error))?;
+            pins.pin_link(name, link)?;
         }
     }
     Ok(())

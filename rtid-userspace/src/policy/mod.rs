@@ -1,5 +1,6 @@
 //! Policy: the model, and its compilation into kernel map entries.
 pub mod compile;
+pub mod document;
 pub mod model;
 
 pub use compile::{compile, CompileError, CompiledIdentity, CompiledPolicy, RuleInfo};

@@ -1,0 +1,333 @@
+//! The `rtid` command line. Everything except `daemon`, `policy check` and
+//! `policy show` is a client of the daemon's control API.
+
+mod output;
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use clap::{Args, CommandFactory, Parser, Subcommand};
+
+use crate::{
+    api::{Client, ExplainAction, Request, Response, DEFAULT_SOCKET},
+    daemon::{self, DaemonOptions},
+    launch::fork_paused,
+    policy::document,
+};
+
+/// Exit codes: 0 success, 1 refused or failed, 2 invalid input, 69 daemon unreachable.
+const EXIT_FAILED: u8 = 1;
+const EXIT_INVALID: u8 = 2;
+const EXIT_UNAVAILABLE: u8 = 69;
+
+#[derive(Parser)]
+#[command(name = "rtid", version, about = "Runtime identity for AI agents, enforced in the kernel")]
+pub struct Cli {
+    /// Control socket of the daemon.
+    #[arg(long, global = true, default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load the kernel programs, enforce policy and serve the control API.
+    Daemon(DaemonArgs),
+    /// Run a command under an identity, labeled before its first instruction.
+    Run {
+        #[arg(long)]
+        identity: String,
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long)]
+        purpose: Option<String>,
+        /// Command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Label a running process (and its future children).
+    Label {
+        #[arg(long)]
+        pid: u32,
+        #[arg(long)]
+        identity: String,
+    },
+    /// Remove a process's label.
+    Unlabel {
+        #[arg(long)]
+        pid: u32,
+    },
+    /// Identified processes.
+    Ps,
+    /// Programs, backends, counters and policy in force.
+    Status,
+    /// Check, apply, explain or show policy.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// The live event stream from the daemon.
+    Events {
+        #[arg(long)]
+        follow: bool,
+        #[arg(long)]
+        identity: Option<String>,
+        /// Only these verdicts or outcomes (comma separated: deny,kill,killed,...).
+        #[arg(long, value_delimiter = ',')]
+        verdict: Vec<String>,
+    },
+    /// Shell completions for bash, zsh, fish, ...
+    Completions { shell: clap_complete::Shell },
+    /// The man page (roff) on stdout.
+    Man,
+}
+
+#[derive(Args)]
+struct DaemonArgs {
+    /// Policy files or directories (default: the embedded default policy).
+    #[arg(long)]
+    policy: Vec<PathBuf>,
+    #[arg(long, default_value = "/var/lib/rtid")]
+    state_dir: PathBuf,
+    /// bpffs directory where maps and links are pinned, so enforcement
+    /// continues while the daemon is down and a restart adopts them.
+    #[arg(long, default_value = "/sys/fs/bpf/rtid")]
+    pin_dir: PathBuf,
+    /// Do not pin: enforcement stops when the daemon exits.
+    #[arg(long)]
+    no_pin: bool,
+    /// Remove the pins when the daemon exits.
+    #[arg(long)]
+    unpin_on_exit: bool,
+    /// Group allowed to use the control API besides root.
+    #[arg(long)]
+    admin_group: Option<String>,
+    /// Print every event as a JSON line on stdout.
+    #[arg(long)]
+    events_stdout: bool,
+    /// Log format: text or json.
+    #[arg(long, default_value = "text")]
+    log_format: String,
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate policy files without a daemon.
+    Check { files: Vec<PathBuf> },
+    /// Validate, compile and swap in policy files.
+    Apply { files: Vec<PathBuf> },
+    /// The decision and the rule that makes it, as the kernel would decide now.
+    Explain {
+        #[arg(long)]
+        identity: String,
+        #[arg(long, conflicts_with_all = ["connect", "exec"])]
+        open: Option<String>,
+        #[arg(long, requires = "open")]
+        write: bool,
+        /// ADDR:PORT ([v6]:PORT for IPv6).
+        #[arg(long, conflicts_with = "exec")]
+        connect: Option<String>,
+        #[arg(long, requires = "connect")]
+        udp: bool,
+        #[arg(long)]
+        exec: Option<String>,
+    },
+    /// Print the embedded default policy.
+    Show {
+        #[arg(long, required = true)]
+        default: bool,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("rtid: {error:#}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let socket = cli.socket.clone();
+    let json = cli.json;
+    match cli.command {
+        Command::Daemon(args) => run_daemon(args, socket),
+        Command::Run { identity, owner: _, purpose: _, command } => run_command(&socket, &identity, &command),
+        Command::Label { pid, identity } => simple(&socket, &Request::Label { pid, identity }, json),
+        Command::Unlabel { pid } => simple(&socket, &Request::Unlabel { pid }, json),
+        Command::Ps => simple(&socket, &Request::Ps, json),
+        Command::Status => simple(&socket, &Request::Status, json),
+        Command::Events { follow, identity, verdict } => events(&socket, follow, identity, verdict, json),
+        Command::Policy(command) => policy(&socket, command, json),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "rtid", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn run_daemon(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<ExitCode> {
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+    );
+    match args.log_format.as_str() {
+        "json" => builder.json().init(),
+        "text" => builder.init(),
+        other => {
+            eprintln!("rtid: --log-format {other:?}: expected text or json");
+            return Ok(ExitCode::from(EXIT_INVALID));
+        }
+    }
+    let options = DaemonOptions {
+        policy_paths: args.policy,
+        state_dir: args.state_dir,
+        pin_dir: (!args.no_pin).then_some(args.pin_dir),
+        unpin_on_exit: args.unpin_on_exit,
+        socket,
+        admin_group: args.admin_group,
+        events_to_stdout: args.events_stdout,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(daemon::run(options))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Calls the daemon; maps "unreachable" to its own exit code.
+fn call(socket: &Path, request: &Request) -> Result<Response, ExitCode> {
+    Client::call(socket, request).map_err(|error| {
+        eprintln!("rtid: {error}");
+        ExitCode::from(EXIT_UNAVAILABLE)
+    })
+}
+
+fn simple(socket: &Path, request: &Request, json: bool) -> anyhow::Result<ExitCode> {
+    match call(socket, request) {
+        Ok(response) => Ok(output::print(&response, json)),
+        Err(code) => Ok(code),
+    }
+}
+
+/// Forks the command held before exec, has the daemon label it, lets it run,
+/// and exits with its status (128 + signal when killed).
+fn run_command(socket: &Path, identity: &str, command: &[String]) -> anyhow::Result<ExitCode> {
+    let mut child = fork_paused(command, false)?;
+    let request = Request::LabelChild { pid: child.pid, identity: identity.into() };
+    match call(socket, &request) {
+        Ok(Response::Ok { .. }) => {}
+        Ok(response) => {
+            let _ = child.abandon();
+            return Ok(output::print(&response, false));
+        }
+        Err(code) => {
+            let _ = child.abandon();
+            return Ok(code);
+        }
+    }
+    child.release()?;
+    let status = child.wait()?;
+    use std::os::unix::process::ExitStatusExt;
+    Ok(match (status.code(), status.signal()) {
+        (Some(code), _) => ExitCode::from(code as u8),
+        (None, Some(signal)) => ExitCode::from(128 + signal as u8),
+        _ => ExitCode::from(EXIT_FAILED),
+    })
+}
+
+fn events(socket: &Path, follow: bool, identity: Option<String>, verdicts: Vec<String>, json: bool) -> anyhow::Result<ExitCode> {
+    let mut client = match Client::connect(socket) {
+        Ok(client) => client,
+        Err(error) => {
+            eprintln!("rtid: {error}");
+            return Ok(ExitCode::from(EXIT_UNAVAILABLE));
+        }
+    };
+    client.send(&Request::Events { follow, identity, verdicts })?;
+    while let Some(response) = client.next()? {
+        let code = output::print(&response, json);
+        if code != ExitCode::SUCCESS {
+            return Ok(code);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn policy(socket: &Path, command: PolicyCommand, json: bool) -> anyhow::Result<ExitCode> {
+    match command {
+        PolicyCommand::Check { files } => match document::load_paths(&files) {
+            Ok(set) => match crate::policy::compile(&set.identities) {
+                Ok(compiled) => {
+                    println!("policy ok: {} identities, {} rules", compiled.identities.len(), compiled.rules.len());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(errors) => {
+                    for error in errors {
+                        eprintln!("{error}");
+                    }
+                    Ok(ExitCode::from(EXIT_INVALID))
+                }
+            },
+            Err(errors) => {
+                for error in errors {
+                    eprintln!("{error}");
+                }
+                Ok(ExitCode::from(EXIT_INVALID))
+            }
+        },
+        PolicyCommand::Apply { files } => {
+            let mut documents = Vec::new();
+            for file in document::expand_paths(&files).map_err(|error| anyhow::anyhow!(error))? {
+                let text = std::fs::read_to_string(&file).map_err(|error| anyhow::anyhow!("{}: {error}", file.display()))?;
+                documents.push((file.display().to_string(), text));
+            }
+            match call(socket, &Request::PolicyApply { documents }) {
+                Ok(response @ Response::Error { .. }) => {
+                    output::print(&response, json);
+                    Ok(ExitCode::from(EXIT_INVALID))
+                }
+                Ok(response) => Ok(output::print(&response, json)),
+                Err(code) => Ok(code),
+            }
+        }
+        PolicyCommand::Explain { identity, open, write, connect, udp, exec } => {
+            let action = if let Some(path) = open {
+                ExplainAction::Open { path: resolve(&path), write }
+            } else if let Some(target) = connect {
+                let Some((address, port)) = target.rsplit_once(':') else {
+                    eprintln!("rtid: --connect {target:?}: expected ADDR:PORT");
+                    return Ok(ExitCode::from(EXIT_INVALID));
+                };
+                let Ok(port) = port.parse() else {
+                    eprintln!("rtid: --connect {target:?}: {port:?} is not a port");
+                    return Ok(ExitCode::from(EXIT_INVALID));
+                };
+                ExplainAction::Connect { address: address.trim_matches(['[', ']']).into(), port, udp }
+            } else if let Some(path) = exec {
+                ExplainAction::Exec { path: resolve(&path) }
+            } else {
+                eprintln!("rtid: policy explain needs one of --open, --connect, --exec");
+                return Ok(ExitCode::from(EXIT_INVALID));
+            };
+            simple(socket, &Request::PolicyExplain { identity, action }, json)
+        }
+        PolicyCommand::Show { .. } => {
+            print!("{}", document::default_policy_text());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The kernel judges resolved paths: resolve what exists, keep the rest as given.
+fn resolve(path: &str) -> String {
+    std::fs::canonicalize(path).map(|resolved| resolved.display().to_string()).unwrap_or_else(|_| path.to_string())
+}

@@ -1,0 +1,86 @@
+//! Printing daemon responses: aligned text for people, JSON with `--json`.
+
+use std::process::ExitCode;
+
+use crate::api::Response;
+
+/// Prints a response; returns the exit code it implies.
+pub fn print(response: &Response, json: bool) -> ExitCode {
+    if json {
+        match serde_json::to_string(response) {
+            Ok(line) => println!("{line}"),
+            Err(error) => eprintln!("rtid: {error}"),
+        }
+        return if matches!(response, Response::Error { .. }) { ExitCode::from(1) } else { ExitCode::SUCCESS };
+    }
+    match response {
+        Response::Ok { message } => println!("{message}"),
+        Response::Error { message } => {
+            eprintln!("rtid: {message}");
+            return ExitCode::from(1);
+        }
+        Response::Status(status) => {
+            let rows = [
+                ("backend: file", status.backends.file.clone()),
+                ("backend: network", status.backends.network.clone()),
+                ("backend: exec", status.backends.exec.clone()),
+                ("lsm", status.lsm_note.clone().unwrap_or_else(|| "in use".into())),
+                ("policy generation", status.policy_generation.to_string()),
+                ("policy sources", status.policy_sources.join(", ")),
+                ("identities", status.identities.join(", ")),
+                ("labeled processes", status.labeled_processes.to_string()),
+                ("actions judged", status.actions_judged.to_string()),
+                ("events seen", status.events_seen.to_string()),
+                ("ring-full drops", status.ring_full_drops.to_string()),
+                ("hook errors", status.hook_errors.to_string()),
+                ("uptime", format!("{}s", status.uptime_seconds)),
+            ];
+            let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
+            for (name, value) in rows {
+                println!("{name:width$}  {value}");
+            }
+        }
+        Response::Ps { processes } => {
+            println!("{:>8}  {:>8}  {:<16} {:<24} {:>8}  {:>10}  COMMAND", "PID", "PARENT", "IDENTITY", "OWNER", "AGE", "EXPIRES");
+            for process in processes {
+                let expires = process.expires_in_seconds.map_or("-".to_string(), |seconds| format!("{seconds}s"));
+                println!(
+                    "{:>8}  {:>8}  {:<16} {:<24} {:>7}s  {:>10}  {}",
+                    process.pid,
+                    process.parent,
+                    process.identity,
+                    process.owner.as_deref().unwrap_or("-"),
+                    process.age_seconds,
+                    expires,
+                    process.command
+                );
+            }
+        }
+        Response::Explain(explanation) => {
+            print!("{}: {} (by {}", explanation.identity, explanation.verdict, explanation.decided_by);
+            if let (Some(id), Some(rule)) = (&explanation.rule_id, &explanation.rule) {
+                print!(" {id}: {rule}");
+            }
+            println!(")");
+        }
+        Response::Event(record) => {
+            let object = record
+                .path
+                .clone()
+                .or_else(|| record.address.as_ref().map(|address| format!("{address}:{}", record.port.unwrap_or(0))))
+                .unwrap_or_default();
+            println!(
+                "{:<14} {:<8} pid={:<7} identity={:<12} verdict={:<8} outcome={:<15} rule={:<14} {}",
+                record.kind,
+                record.backend,
+                record.tgid,
+                record.identity.as_deref().unwrap_or("-"),
+                record.verdict,
+                record.outcome,
+                record.rule_id.as_deref().unwrap_or("-"),
+                object
+            );
+        }
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,200 @@
+//! `rtid daemon`: owns the kernel programs and maps, keeps policy in force,
+//! streams events, and serves the control API. The only writer of maps.
+
+mod server;
+pub mod state;
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use anyhow::Context;
+use tokio::{io::unix::AsyncFd, sync::broadcast};
+use tracing::{info, warn};
+
+use crate::{
+    events::{
+        record::{EventRecord, Names},
+        EventReader,
+    },
+    loader::{LoadOptions, RtidKernel},
+    policy::{compile, document, CompiledPolicy},
+};
+
+pub struct DaemonOptions {
+    pub policy_paths: Vec<PathBuf>,
+    pub state_dir: PathBuf,
+    /// bpffs directory for pins (None: nothing outlives the daemon).
+    pub pin_dir: Option<PathBuf>,
+    /// Remove the pins on exit (enforcement stops with the daemon).
+    pub unpin_on_exit: bool,
+    pub socket: PathBuf,
+    /// Group (besides root) allowed to use the API.
+    pub admin_group: Option<String>,
+    /// Also print every event as a JSON line on stdout (the DaemonSet way).
+    pub events_to_stdout: bool,
+}
+
+/// What a labeled process was given, for `rtid ps`.
+#[derive(Clone, Debug)]
+pub struct LabelInfo {
+    pub identity: String,
+    pub owner: Option<String>,
+    pub source: &'static str,
+    pub labeled_at: Instant,
+}
+
+pub struct Daemon {
+    pub kernel: RtidKernel,
+    pub policy_sources: Vec<String>,
+    pub labels: BTreeMap<u32, LabelInfo>,
+    pub started: Instant,
+    pub events_seen: u64,
+    pub options: DaemonOptions,
+}
+
+pub type Shared = Arc<Mutex<Daemon>>;
+
+impl Names for Daemon {
+    fn identity(&self, id: u32) -> Option<String> {
+        self.kernel.identity_name(id).map(str::to_string)
+    }
+
+    fn rule(&self, id: u32) -> Option<(String, String)> {
+        self.kernel.rule_info(id).map(|info| (info.id.clone(), info.description.clone()))
+    }
+}
+
+/// Reads and validates policy: the given files or directories, or the embedded default.
+pub fn read_policy(paths: &[PathBuf]) -> Result<(CompiledPolicy, Vec<String>), String> {
+    let set = if paths.is_empty() {
+        document::default_policy()
+    } else {
+        document::load_paths(paths).map_err(|errors| {
+            errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+        })?
+    };
+    let compiled = compile(&set.identities)
+        .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))?;
+    let sources = if paths.is_empty() { vec!["embedded default policy".to_string()] } else { set.sources.clone() };
+    Ok((compiled, sources))
+}
+
+pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let (policy, sources) = read_policy(&options.policy_paths).map_err(|errors| anyhow::anyhow!("policy:\n{errors}"))?;
+    let load = LoadOptions { pin_dir: options.pin_dir.clone(), ..LoadOptions::default() };
+    let mut kernel = RtidKernel::load(&load).context("loading the kernel programs")?;
+    let saved = state::load(&options.state_dir);
+    if kernel.adopted() {
+        // The maps kept the labels and identity ids of the previous daemon: keep their names.
+        kernel.restore_identity_ids(saved.identity_ids.clone());
+        info!(pins = %options.pin_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default(), "adopted pinned programs and maps");
+    }
+    kernel.install(policy).context("installing policy")?;
+    let backends = kernel.backends();
+    info!(
+        file = backends.file.name(),
+        network = backends.network.name(),
+        exec = backends.exec.name(),
+        lsm_note = kernel.lsm_note().unwrap_or(""),
+        "programs attached"
+    );
+    let reader = kernel.take_events().context("event ring")?;
+    std::fs::create_dir_all(&options.state_dir).with_context(|| format!("creating {}", options.state_dir.display()))?;
+    let socket = options.socket.clone();
+    let labels = if kernel.adopted() { state::live_labels(&saved, &kernel) } else { BTreeMap::new() };
+    let daemon = Arc::new(Mutex::new(Daemon {
+        kernel,
+        policy_sources: sources,
+        labels,
+        started,
+        events_seen: 0,
+        options,
+    }));
+    let (events_tx, _) = broadcast::channel::<EventRecord>(4096);
+    tokio::spawn(pump_events(reader, daemon.clone(), events_tx.clone()));
+    let listener = server::bind(&socket)?;
+    info!(socket = %socket.display(), ready_in_ms = started.elapsed().as_millis() as u64, "rtid daemon ready");
+    let server = tokio::spawn(server::serve(listener, daemon.clone(), events_tx));
+    state::save(&daemon.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+    wait_for_signals(daemon.clone()).await?;
+    server.abort();
+    let _ = std::fs::remove_file(&socket);
+    let mut daemon = daemon.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    state::save(&daemon);
+    if daemon.options.unpin_on_exit {
+        daemon.kernel.unpin().context("removing pins")?;
+        info!("pins removed: enforcement stops with the daemon");
+    } else if daemon.kernel.pin_dir().is_some() {
+        info!("pins kept: enforcement continues while the daemon is down");
+    }
+    Ok(())
+}
+
+/// SIGHUP reloads policy from the same paths; SIGTERM and SIGINT stop.
+async fn wait_for_signals(daemon: Shared) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => reload(&daemon),
+            _ = terminate.recv() => { info!("SIGTERM: stopping"); return Ok(()); }
+            _ = interrupt.recv() => { info!("SIGINT: stopping"); return Ok(()); }
+        }
+    }
+}
+
+fn reload(daemon: &Shared) {
+    let mut daemon = daemon.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    match read_policy(&daemon.options.policy_paths) {
+        Ok((policy, sources)) => match daemon.kernel.install(policy) {
+            Ok(()) => {
+                daemon.policy_sources = sources;
+                info!("SIGHUP: policy reloaded");
+            }
+            Err(error) => warn!(%error, "SIGHUP: reload failed, the policy in force stays in force"),
+        },
+        Err(errors) => warn!(%errors, "SIGHUP: policy invalid, the policy in force stays in force"),
+    }
+}
+
+/// Moves events from the kernel ring to subscribers (and stdout), naming identities and rules.
+async fn pump_events(reader: EventReader, daemon: Shared, events: broadcast::Sender<EventRecord>) {
+    // SAFETY: the AsyncFd owns the reader, whose ring map descriptor stays
+    // open and unchanged for as long as the reader lives.
+    let mut ready = match unsafe { AsyncFd::register_with_interest(reader, tokio::io::Interest::READABLE) } {
+        Ok(ready) => ready,
+        Err(error) => {
+            warn!(error = %error, "cannot poll the event ring");
+            return;
+        }
+    };
+    loop {
+        let Ok(mut guard) = ready.readable_mut().await else { return };
+        let batch = guard.get_inner_mut().drain();
+        guard.clear_ready();
+        if batch.is_empty() {
+            continue;
+        }
+        let mut daemon = daemon.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        daemon.events_seen += batch.len() as u64;
+        for event in &batch {
+            if event.kind == rtid_common::EventKind::Exit as u8 {
+                daemon.labels.remove(&event.tgid);
+            }
+            let record = EventRecord::from_event(event, &*daemon);
+            if daemon.options.events_to_stdout {
+                if let Ok(line) = serde_json::to_string(&record) {
+                    println!("{line}");
+                }
+            }
+            let _ = events.send(record);
+        }
+    }
+}

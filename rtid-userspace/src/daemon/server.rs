@@ -1,0 +1,278 @@
+//! The control API server: one JSON request per line, answered on the same connection.
+
+use std::{os::unix::fs::PermissionsExt, path::Path, time::Instant};
+
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::broadcast,
+};
+use tracing::{info, warn};
+
+use super::{LabelInfo, Shared};
+use crate::{
+    api::{Backends, ExplainAction, ProcessEntry, Request, Response, StatusReport},
+    events::record::EventRecord,
+    policy::{compile, document},
+};
+
+pub fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(socket);
+    let listener = UnixListener::bind(socket)?;
+    // Root and the admin group (checked again per call from peer credentials).
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))?;
+    Ok(listener)
+}
+
+pub async fn serve(listener: UnixListener, daemon: Shared, events: broadcast::Sender<EventRecord>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let daemon = daemon.clone();
+        let events = events.subscribe();
+        tokio::spawn(async move {
+            if let Err(error) = handle(stream, daemon, events).await {
+                warn!(%error, "control connection");
+            }
+        });
+    }
+}
+
+async fn handle(stream: UnixStream, daemon: Shared, mut events: broadcast::Receiver<EventRecord>) -> anyhow::Result<()> {
+    let credentials = stream.peer_cred()?;
+    let (read_half, mut write_half) = stream.into_split();
+    let mut lines = BufReader::new(read_half).lines();
+    let Some(line) = lines.next_line().await? else { return Ok(()) };
+    let caller_pid = credentials.pid().unwrap_or(0) as u32;
+    let response = match serde_json::from_str::<Request>(&line) {
+        Err(error) => Response::Error { message: format!("malformed request: {error}") },
+        Ok(request) => match authorize(&daemon, credentials.uid(), credentials.gid(), caller_pid) {
+            Err(message) => {
+                warn!(caller_pid, uid = credentials.uid(), %message, "refused control request");
+                Response::Error { message }
+            }
+            Ok(()) => {
+                if let Request::Events { follow, identity, verdicts } = &request {
+                    return stream_events(&mut write_half, &mut events, *follow, identity.clone(), verdicts.clone()).await;
+                }
+                dispatch(&daemon, request, caller_pid)
+            }
+        },
+    };
+    write(&mut write_half, &response).await
+}
+
+async fn write(writer: &mut tokio::net::unix::OwnedWriteHalf, response: &Response) -> anyhow::Result<()> {
+    let mut line = serde_json::to_string(response)?;
+    line.push('\n');
+    writer.write_all(line.as_bytes()).await?;
+    Ok(())
+}
+
+/// Root or the admin group may call; a process carrying an identity may not,
+/// whoever it runs as: agents cannot relabel themselves or change policy.
+fn authorize(daemon: &Shared, uid: u32, gid: u32, pid: u32) -> Result<(), String> {
+    let daemon = daemon.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Ok(Some(entry)) = daemon.kernel.process_identity(pid) {
+        let name = daemon.kernel.identity_name(entry.identity).unwrap_or("?").to_string();
+        return Err(format!("refused: the calling process {pid} carries identity {name}; agents cannot use the control API"));
+    }
+    if uid == 0 {
+        return Ok(());
+    }
+    let allowed_gid = daemon.options.admin_group.as_deref().and_then(group_id);
+    if allowed_gid.is_some_and(|allowed| allowed == gid) {
+        return Ok(());
+    }
+    Err(format!("refused: uid {uid} is neither root nor in the admin group"))
+}
+
+fn group_id(name: &str) -> Option<u32> {
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next() == Some(name)).then(|| fields.nth(1).and_then(|gid| gid.parse().ok())).flatten()
+    })
+}
+
+async fn stream_events(
+    writer: &mut tokio::net::unix::OwnedWriteHalf,
+    events: &mut broadcast::Receiver<EventRecord>,
+    follow: bool,
+    identity: Option<String>,
+    verdicts: Vec<String>,
+) -> anyhow::Result<()> {
+    if !follow {
+        return write(writer, &Response::Ok { message: "no events are kept; use --follow".into() }).await;
+    }
+    loop {
+        let record = match events.recv().await {
+            Ok(record) => record,
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                write(writer, &Response::Error { message: format!("{missed} events skipped: this client reads too slowly") }).await?;
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return Ok(()),
+        };
+        if identity.as_ref().is_some_and(|wanted| record.identity.as_ref() != Some(wanted)) {
+            continue;
+        }
+        if !verdicts.is_empty() && !verdicts.iter().any(|verdict| *verdict == record.verdict || *verdict == record.outcome) {
+            continue;
+        }
+        write(writer, &Response::Event(Box::new(record))).await?;
+    }
+}
+
+fn dispatch(daemon: &Shared, request: Request, caller_pid: u32) -> Response {
+    let mut daemon = daemon.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let error = |message: String| Response::Error { message };
+    match request {
+        Request::Label { pid, identity } | Request::LabelChild { pid, identity }
+            if daemon.kernel.identity_id(&identity).is_none() =>
+        {
+            let _ = pid;
+            error(format!("unknown identity {identity:?}; known: {}", daemon.kernel.policy().identities.iter().map(|i| i.spec.name.as_str()).collect::<Vec<_>>().join(", ")))
+        }
+        Request::LabelChild { pid, identity } => {
+            if parent_of(pid) != Some(caller_pid) {
+                return error(format!("refused: process {pid} is not a child of the caller ({caller_pid})"));
+            }
+            label(&mut daemon, pid, &identity, "launcher")
+        }
+        Request::Label { pid, identity } => label(&mut daemon, pid, &identity, "label"),
+        Request::Unlabel { pid } => match daemon.kernel.unlabel_pid(pid) {
+            Ok(()) => {
+                daemon.labels.remove(&pid);
+                info!(pid, "unlabeled");
+                Response::Ok { message: format!("process {pid} unlabeled") }
+            }
+            Err(failure) => error(failure.to_string()),
+        },
+        Request::Status => status(&daemon),
+        Request::Ps => ps(&daemon),
+        Request::PolicyApply { documents } => apply(&mut daemon, documents),
+        Request::PolicyExplain { identity, action } => explain(&daemon, &identity, &action),
+        Request::Events { .. } => error("events are streamed, not dispatched".into()),
+    }
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = procfs::process::Process::new(pid as i32).ok()?.stat().ok()?;
+    Some(stat.ppid as u32)
+}
+
+fn label(daemon: &mut super::Daemon, pid: u32, identity: &str, source: &'static str) -> Response {
+    match daemon.kernel.label_pid(pid, identity) {
+        Ok(()) => {
+            let owner = daemon.kernel.policy().identity(identity).and_then(|i| i.spec.owner.clone());
+            daemon.labels.insert(pid, LabelInfo { identity: identity.into(), owner, source, labeled_at: Instant::now() });
+            info!(pid, identity, source, "labeled");
+            super::state::save(daemon);
+            Response::Ok { message: format!("process {pid} labeled {identity}") }
+        }
+        Err(failure) => Response::Error { message: failure.to_string() },
+    }
+}
+
+fn status(daemon: &super::Daemon) -> Response {
+    let counters = daemon.kernel.counters().unwrap_or_default();
+    let backends = daemon.kernel.backends();
+    Response::Status(StatusReport {
+        backends: Backends {
+            file: backends.file.name().into(),
+            network: backends.network.name().into(),
+            exec: backends.exec.name().into(),
+        },
+        lsm_note: daemon.kernel.lsm_note().map(str::to_string),
+        policy_generation: daemon.kernel.generation().unwrap_or(0),
+        policy_sources: daemon.policy_sources.clone(),
+        identities: daemon.kernel.policy().identities.iter().map(|i| i.spec.name.clone()).collect(),
+        labeled_processes: daemon.labels.len(),
+        ring_full_drops: counters.ring_full_drops,
+        hook_errors: counters.hook_errors,
+        actions_judged: counters.judged,
+        events_seen: daemon.events_seen,
+        uptime_seconds: daemon.started.elapsed().as_secs(),
+        pinned: daemon.kernel.pin_dir().is_some(),
+    })
+}
+
+fn ps(daemon: &super::Daemon) -> Response {
+    let now = rtid_common_boot_time();
+    let mut processes = Vec::new();
+    for (pid, info) in &daemon.labels {
+        let command = procfs::process::Process::new(*pid as i32)
+            .and_then(|process| process.cmdline())
+            .map(|args| args.join(" "))
+            .unwrap_or_default();
+        let expires_in_seconds = daemon
+            .kernel
+            .identity_id(&info.identity)
+            .and_then(|id| daemon.kernel.identity_status(id).ok())
+            .filter(|status| status.expires_at_ns != 0)
+            .map(|status| (status.expires_at_ns as i64 - now as i64) / 1_000_000_000);
+        processes.push(ProcessEntry {
+            pid: *pid,
+            parent: parent_of(*pid).unwrap_or(0),
+            identity: info.identity.clone(),
+            owner: info.owner.clone(),
+            source: info.source.into(),
+            age_seconds: info.labeled_at.elapsed().as_secs(),
+            expires_in_seconds,
+            command,
+        });
+    }
+    Response::Ps { processes }
+}
+
+fn rtid_common_boot_time() -> u64 {
+    crate::loader::boot_time_ns()
+}
+
+/// Validates every document, compiles, then swaps in atomically; on any error
+/// nothing changes and every error is reported.
+fn apply(daemon: &mut super::Daemon, documents: Vec<(String, String)>) -> Response {
+    let mut identities = Vec::new();
+    let mut sources = Vec::new();
+    let mut errors = Vec::new();
+    for (name, text) in &documents {
+        match document::parse_str(name, text) {
+            Ok(set) => {
+                identities.extend(set.identities);
+                sources.extend(set.sources);
+            }
+            Err(mut found) => errors.append(&mut found),
+        }
+    }
+    if !errors.is_empty() {
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        return Response::Error { message: format!("policy rejected, nothing applied:\n{}", text.join("\n")) };
+    }
+    let compiled = match compile(&identities) {
+        Ok(compiled) => compiled,
+        Err(found) => {
+            let text: Vec<String> = found.iter().map(ToString::to_string).collect();
+            return Response::Error { message: format!("policy rejected, nothing applied:\n{}", text.join("\n")) };
+        }
+    };
+    match daemon.kernel.install(compiled) {
+        Ok(()) => {
+            daemon.policy_sources = sources;
+            super::state::save(daemon);
+            let generation = daemon.kernel.generation().unwrap_or(0);
+            info!(generation, "policy applied");
+            Response::Ok { message: format!("policy applied (generation {generation})") }
+        }
+        Err(failure) => Response::Error { message: format!("policy not applied, the previous one stays in force: {failure}") },
+    }
+}
+
+fn explain(daemon: &super::Daemon, identity: &str, action: &ExplainAction) -> Response {
+    match daemon.kernel.explain(identity, action) {
+        Ok(explanation) => Response::Explain(explanation),
+        Err(failure) => Response::Error { message: failure.to_string() },
+    }
+}

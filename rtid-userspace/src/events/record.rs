@@ -1,0 +1,126 @@
+//! Events as userspace reports them: the kernel's `Event` with names
+//! resolved (identity, rule) and enums spelled out, serialisable as JSON.
+
+use serde::{Deserialize, Serialize};
+
+use rtid_common::{
+    event_flags, Backend, DecisionSource, Event, EventKind, Outcome, Verdict, AF_INET6, AF_UNIX,
+};
+
+/// Version of the JSON event schema (README: Events).
+pub const EVENT_SCHEMA: &str = "rtid.event/v1";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EventRecord {
+    pub schema: String,
+    pub kind: String,
+    pub time_boot_ns: u64,
+    pub pid: u32,
+    pub tgid: u32,
+    pub parent_tgid: u32,
+    pub uid: u32,
+    pub comm: String,
+    /// `tgid:start_ns`, stable across pid reuse.
+    pub process_key: String,
+    pub identity_id: u32,
+    pub identity: Option<String>,
+    pub verdict: String,
+    pub outcome: String,
+    pub errno: i32,
+    pub decision: String,
+    pub rule_id: Option<String>,
+    pub rule: Option<String>,
+    pub backend: String,
+    pub access: Vec<String>,
+    pub path: Option<String>,
+    pub address: Option<String>,
+    pub port: Option<u16>,
+    pub protocol: Option<String>,
+    pub flags: Vec<String>,
+    pub generation: u32,
+    pub related_tgid: Option<u32>,
+}
+
+/// Names for the numbers an event carries, supplied by whoever holds the policy.
+pub trait Names {
+    fn identity(&self, id: u32) -> Option<String>;
+    /// (policy rule id, readable form)
+    fn rule(&self, id: u32) -> Option<(String, String)>;
+}
+
+impl EventRecord {
+    pub fn from_event(event: &Event, names: &dyn Names) -> EventRecord {
+        let kind = EventKind::from_u8(event.kind);
+        let is_net = matches!(kind, Some(EventKind::Connect | EventKind::Send));
+        let unix = event.flags & event_flags::UNIX_SOCKET != 0;
+        let path = (!event.path_bytes().is_empty()).then(|| String::from_utf8_lossy(event.path_bytes()).into_owned());
+        let (address, port, protocol) = if is_net && !unix { net_fields(event) } else { (None, None, None) };
+        let rule = (DecisionSource::from_u8(event.decision) == DecisionSource::Rule && event.rule_id != 0)
+            .then(|| names.rule(event.rule_id))
+            .flatten();
+        EventRecord {
+            schema: EVENT_SCHEMA.into(),
+            kind: kind.map_or("unknown", EventKind::name).into(),
+            time_boot_ns: event.time_ns,
+            pid: event.pid,
+            tgid: event.tgid,
+            parent_tgid: event.parent_tgid,
+            uid: event.uid,
+            comm: String::from_utf8_lossy(event.comm_bytes()).into_owned(),
+            process_key: format!("{}:{}", event.tgid, event.process_start_ns),
+            identity_id: event.identity,
+            identity: names.identity(event.identity),
+            verdict: Verdict::from_u8(event.verdict).name().into(),
+            outcome: Outcome::from_u8(event.outcome).name().into(),
+            errno: event.errno,
+            decision: DecisionSource::from_u8(event.decision).name().into(),
+            rule_id: rule.as_ref().map(|(id, _)| id.clone()),
+            rule: rule.map(|(_, text)| text),
+            backend: Backend::from_u8(event.backend).name().into(),
+            access: access_names(event.access),
+            path,
+            address,
+            port,
+            protocol,
+            flags: flag_names(event.flags),
+            generation: event.generation,
+            related_tgid: (event.related_tgid != 0).then_some(event.related_tgid),
+        }
+    }
+}
+
+fn net_fields(event: &Event) -> (Option<String>, Option<u16>, Option<String>) {
+    let v6 = std::net::Ipv6Addr::from(event.net.addr);
+    let address = match v6.to_ipv4_mapped() {
+        Some(v4) if event.net.family != AF_INET6 || event.net.addr[..10] == [0; 10] => v4.to_string(),
+        _ => v6.to_string(),
+    };
+    let protocol = match event.net.protocol {
+        rtid_common::protocol::TCP => "tcp",
+        rtid_common::protocol::UDP => "udp",
+        _ if event.net.family == AF_UNIX => "unix",
+        _ => "other",
+    };
+    (Some(address), Some(event.net.port), Some(protocol.into()))
+}
+
+fn access_names(access: u8) -> Vec<String> {
+    [(rtid_common::access::READ, "read"), (rtid_common::access::WRITE, "write"), (rtid_common::access::EXEC, "exec")]
+        .iter()
+        .filter(|(bit, _)| access & bit != 0)
+        .map(|(_, name)| name.to_string())
+        .collect()
+}
+
+fn flag_names(flags: u16) -> Vec<String> {
+    [
+        (event_flags::PATH_TRUNCATED, "path_truncated"),
+        (event_flags::AUDIT_MODE, "audit_mode"),
+        (event_flags::UNIX_SOCKET, "unix_socket"),
+        (event_flags::BACKEND_FALLBACK, "backend_fallback"),
+    ]
+    .iter()
+    .filter(|(bit, _)| flags & bit != 0)
+    .map(|(_, name)| name.to_string())
+    .collect()
+}

@@ -1,0 +1,85 @@
+//! Pinning maps and links in bpffs so enforcement outlives the daemon: a
+//! killed or restarting daemon leaves the programs attached and the maps
+//! (labels, policy, status) in place, and the next one adopts them.
+
+use std::path::{Path, PathBuf};
+
+use aya::{programs::links::FdLink, Ebpf};
+
+use super::LoadError;
+
+/// The maps a later instance adopts (every map the programs share with userspace).
+pub const PINNED_MAPS: [&str; 14] = [
+    "EXEC_SELECTORS",
+    "PROCESS_IDENTITY",
+    "CGROUP_IDENTITY",
+    "IDENTITY_POLICY",
+    "IDENTITY_STATUS",
+    "RUNTIME_STATE",
+    "BACKEND_CONFIG",
+    "PATH_PREFIX_RULES",
+    "PATH_SUFFIX_RULES",
+    "UNIX_RULES",
+    "NET_RULES",
+    "EVENTS",
+    "COUNTERS",
+    "PATH_SCRATCH",
+];
+
+/// Whether an earlier instance left pins here.
+pub fn present(dir: &Path) -> bool {
+    dir.join("maps").join("RUNTIME_STATE").exists()
+}
+
+pub fn remove(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+pub fn link_error(name: &str, error: impl std::fmt::Display) -> LoadError {
+    LoadError::Pin { path: name.into(), problem: format!("link cannot be pinned: {error}") }
+}
+
+/// Pins into a directory, or does nothing when pinning is off.
+pub struct Pinner {
+    dir: Option<PathBuf>,
+}
+
+impl Pinner {
+    pub fn new(dir: Option<&Path>) -> Result<Pinner, LoadError> {
+        if let Some(dir) = dir {
+            for sub in ["maps", "links"] {
+                let path = dir.join(sub);
+                std::fs::create_dir_all(&path)
+                    .map_err(|error| LoadError::Pin { path: path.display().to_string(), problem: error.to_string() })?;
+            }
+        }
+        Ok(Pinner { dir: dir.map(Path::to_path_buf) })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.dir.is_some()
+    }
+
+    pub fn pin_link(&self, name: &str, link: FdLink) -> Result<(), LoadError> {
+        let Some(dir) = &self.dir else { return Ok(()) };
+        let path = dir.join("links").join(name);
+        link.pin(&path)
+            .map(drop)
+            .map_err(|error| LoadError::Pin { path: path.display().to_string(), problem: error.to_string() })
+    }
+
+    pub fn pin_maps(&self, ebpf: &Ebpf) -> Result<(), LoadError> {
+        let Some(dir) = &self.dir else { return Ok(()) };
+        for name in PINNED_MAPS {
+            let path = dir.join("maps").join(name);
+            let map = ebpf
+                .map(name)
+                .ok_or_else(|| LoadError::Pin { path: path.display().to_string(), problem: "map missing".into() })?;
+            map.pin(&path).map_err(|error| LoadError::Pin { path: path.display().to_string(), problem: error.to_string() })?;
+        }
+        Ok(())
+    }
+}
