@@ -18,6 +18,8 @@ fn host_tests(extra: &[String]) -> anyhow::Result<()> {
             "--workspace",
             "--exclude",
             "rtid-ebpf",
+            // Every suite runs and reports, even after one fails.
+            "--no-fail-fast",
             "--",
             "--test-threads=1",
         ])
