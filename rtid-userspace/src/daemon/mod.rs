@@ -68,8 +68,38 @@ impl Names for Daemon {
     }
 }
 
+/// Policy ready to install: compiled identities, selectors, where it came from.
+pub struct LoadedPolicy {
+    pub compiled: CompiledPolicy,
+    pub selectors: Vec<document::Selector>,
+    pub sources: Vec<String>,
+}
+
+/// Installs compiled policy and its selectors (exec selectors in the kernel,
+/// cgroup selectors as bindings of the cgroup and its descendants).
+pub fn install(kernel: &mut RtidKernel, policy: LoadedPolicy) -> anyhow::Result<Vec<String>> {
+    kernel.install(policy.compiled).context("installing policy")?;
+    let mut exec = Vec::new();
+    for selector in &policy.selectors {
+        match &selector.matches {
+            document::SelectorMatch::Exe(path) => exec.push((path.clone(), selector.identity.clone())),
+            document::SelectorMatch::Cgroup(path) => {
+                let root = crate::loader::cgroup::cgroup2_root().context("cgroup v2 hierarchy")?;
+                let cgroup = root.join(path.trim_start_matches('/'));
+                match kernel.bind_cgroup(&cgroup, &selector.identity) {
+                    Ok(()) => info!(cgroup = %cgroup.display(), identity = %selector.identity, "cgroup bound"),
+                    // A pod's cgroup may not exist yet; the selector applies once it does (next reload).
+                    Err(error) => warn!(cgroup = %cgroup.display(), %error, "cgroup selector not bound"),
+                }
+            }
+        }
+    }
+    kernel.set_exec_selectors(&exec).context("exec selectors")?;
+    Ok(policy.sources)
+}
+
 /// Reads and validates policy: the given files or directories, or the embedded default.
-pub fn read_policy(paths: &[PathBuf]) -> Result<(CompiledPolicy, Vec<String>), String> {
+pub fn read_policy(paths: &[PathBuf]) -> Result<LoadedPolicy, String> {
     let set = if paths.is_empty() {
         document::default_policy()
     } else {
@@ -80,12 +110,12 @@ pub fn read_policy(paths: &[PathBuf]) -> Result<(CompiledPolicy, Vec<String>), S
     let compiled = compile(&set.identities)
         .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))?;
     let sources = if paths.is_empty() { vec!["embedded default policy".to_string()] } else { set.sources.clone() };
-    Ok((compiled, sources))
+    Ok(LoadedPolicy { compiled, selectors: set.selectors, sources })
 }
 
 pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     let started = Instant::now();
-    let (policy, sources) = read_policy(&options.policy_paths).map_err(|errors| anyhow::anyhow!("policy:\n{errors}"))?;
+    let policy = read_policy(&options.policy_paths).map_err(|errors| anyhow::anyhow!("policy:\n{errors}"))?;
     let load = LoadOptions { pin_dir: options.pin_dir.clone(), ..LoadOptions::default() };
     let mut kernel = RtidKernel::load(&load).context("loading the kernel programs")?;
     let saved = state::load(&options.state_dir);
@@ -94,7 +124,7 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
         kernel.restore_identity_ids(saved.identity_ids.clone());
         info!(pins = %options.pin_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default(), "adopted pinned programs and maps");
     }
-    kernel.install(policy).context("installing policy")?;
+    let sources = install(&mut kernel, policy)?;
     let backends = kernel.backends();
     info!(
         file = backends.file.name(),
@@ -153,8 +183,8 @@ async fn wait_for_signals(daemon: Shared) -> anyhow::Result<()> {
 fn reload(daemon: &Shared) {
     let mut daemon = daemon.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     match read_policy(&daemon.options.policy_paths) {
-        Ok((policy, sources)) => match daemon.kernel.install(policy) {
-            Ok(()) => {
+        Ok(policy) => match install(&mut daemon.kernel, policy) {
+            Ok(sources) => {
                 daemon.policy_sources = sources;
                 info!("SIGHUP: policy reloaded");
             }

@@ -236,37 +236,36 @@ fn rtid_common_boot_time() -> u64 {
 /// nothing changes and every error is reported.
 fn apply(daemon: &mut super::Daemon, documents: Vec<(String, String)>) -> Response {
     let mut identities = Vec::new();
+    let mut selectors = Vec::new();
     let mut sources = Vec::new();
     let mut errors = Vec::new();
     for (name, text) in &documents {
         match document::parse_str(name, text) {
             Ok(set) => {
                 identities.extend(set.identities);
+                selectors.extend(set.selectors);
                 sources.extend(set.sources);
             }
             Err(mut found) => errors.append(&mut found),
         }
     }
+    let rejected = |lines: Vec<String>| Response::Error { message: format!("policy rejected, nothing applied:\n{}", lines.join("\n")) };
     if !errors.is_empty() {
-        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        return Response::Error { message: format!("policy rejected, nothing applied:\n{}", text.join("\n")) };
+        return rejected(errors.iter().map(ToString::to_string).collect());
     }
     let compiled = match compile(&identities) {
         Ok(compiled) => compiled,
-        Err(found) => {
-            let text: Vec<String> = found.iter().map(ToString::to_string).collect();
-            return Response::Error { message: format!("policy rejected, nothing applied:\n{}", text.join("\n")) };
-        }
+        Err(found) => return rejected(found.iter().map(ToString::to_string).collect()),
     };
-    match daemon.kernel.install(compiled) {
-        Ok(()) => {
+    match super::install(&mut daemon.kernel, super::LoadedPolicy { compiled, selectors, sources }) {
+        Ok(sources) => {
             daemon.policy_sources = sources;
             super::state::save(daemon);
             let generation = daemon.kernel.generation().unwrap_or(0);
             info!(generation, "policy applied");
             Response::Ok { message: format!("policy applied (generation {generation})") }
         }
-        Err(failure) => Response::Error { message: format!("policy not applied, the previous one stays in force: {failure}") },
+        Err(failure) => Response::Error { message: format!("policy not applied, the previous one stays in force: {failure:#}") },
     }
 }
 
