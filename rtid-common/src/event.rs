@@ -17,6 +17,8 @@ pub enum EventKind {
     ProcessStart = 5,
     Exit = 6,
     IdentityChange = 7,
+    /// A tagged process tried to touch the monitor itself (the bpf() syscall).
+    Tamper = 8,
 }
 
 impl EventKind {
@@ -29,6 +31,7 @@ impl EventKind {
             5 => EventKind::ProcessStart,
             6 => EventKind::Exit,
             7 => EventKind::IdentityChange,
+            8 => EventKind::Tamper,
             _ => return None,
         })
     }
@@ -42,6 +45,7 @@ impl EventKind {
             EventKind::ProcessStart => "process_start",
             EventKind::Exit => "exit",
             EventKind::IdentityChange => "identity_change",
+            EventKind::Tamper => "tamper",
         }
     }
 }

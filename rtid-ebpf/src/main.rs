@@ -13,6 +13,7 @@ mod lsm;
 mod maps;
 mod net;
 mod path;
+mod protect;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -211,3 +211,14 @@ fn processes_in_a_bound_cgroup_carry_its_identity_whatever_their_lineage() {
     let event = harness.expect_event("denied open by cgroup member", |e| e.kind == EventKind::FileOpen as u8 && e.identity == id);
     assert_eq!(event_path(&event), secret);
 }
+
+#[test]
+fn an_agent_cannot_use_the_bpf_syscall() {
+    let dir = TestDir::new("protect");
+    let mut harness = Harness::start(vec![secret_identity(&dir)]);
+    let run = harness.probe_as("agent", &["bpf"]);
+    assert!(run.killed(), "a tagged process using bpf() is killed before the call returns: {run:?}");
+    harness.expect_event("tamper", |e| e.kind == EventKind::Tamper as u8 && e.tgid == run.pid);
+    let untagged = harness.probe_untagged(&["bpf"]);
+    assert!(untagged.succeeded(), "root without an identity may: {untagged:?}");
+}

@@ -28,7 +28,7 @@ fn lsm_backend() {
     let backends = harness.kernel.backends();
     assert_eq!((backends.file, backends.exec, backends.network), (Backend::Lsm, Backend::Lsm, Backend::Lsm));
 
-    let scenarios: [(&str, fn(&mut Harness)); 9] = [
+    let scenarios: [(&str, fn(&mut Harness)); 10] = [
         ("file deny reaches child, grandchild and thread", file_deny_lineage),
         ("file rule kinds and resolution", file_rule_kinds),
         ("exec deny and kill", exec_deny_and_kill),
@@ -38,6 +38,7 @@ fn lsm_backend() {
         ("audit mode", audit_mode),
         ("rule and identity expiry", expiry),
         ("revocation", revocation),
+        ("bpf() refused to agents", bpf_refused),
     ];
     let mut failures = Vec::new();
     for (name, scenario) in scenarios {
@@ -295,4 +296,14 @@ fn revocation(harness: &mut Harness) {
     child.wait().unwrap();
     assert_eq!(output.lines().collect::<Vec<_>>(), vec!["ok connected", "err 1"], "revoked on the next call");
     harness.kernel.set_revoked("agent", false).unwrap();
+}
+
+fn bpf_refused(harness: &mut Harness) {
+    harness.install(vec![IdentitySpec::new("agent")]);
+    let run = harness.probe_as("agent", &["bpf"]);
+    assert_eq!(run.errno(), Some(EPERM), "{run:?}");
+    let event = harness.expect_event("tamper", |e| e.kind == EventKind::Tamper as u8 && e.tgid == run.pid);
+    assert_eq!(event.backend, Backend::Lsm as u8);
+    let untagged = harness.probe_untagged(&["bpf"]);
+    assert!(untagged.succeeded(), "{untagged:?}");
 }

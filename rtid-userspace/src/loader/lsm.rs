@@ -10,6 +10,7 @@ use super::BackendReport;
 const FILE_HOOKS: [&str; 1] = ["file_open"];
 const EXEC_HOOKS: [&str; 1] = ["bprm_check_security"];
 const NET_HOOKS: [&str; 2] = ["socket_connect", "socket_sendmsg"];
+const PROTECT_HOOKS: [&str; 1] = ["bpf"];
 
 /// Which hook families LSM enforces, and why not where it does not.
 #[derive(Clone, Debug, Default)]
@@ -17,12 +18,14 @@ pub struct LsmAttachment {
     pub file: bool,
     pub exec: bool,
     pub net: bool,
+    /// `lsm/bpf` refuses the bpf() syscall to tagged processes.
+    pub protect: bool,
     pub reason: Option<String>,
 }
 
 impl LsmAttachment {
     pub fn all(&self) -> bool {
-        self.file && self.exec && self.net
+        self.file && self.exec && self.net && self.protect
     }
 
     pub fn config(&self) -> BackendConfig {
@@ -69,8 +72,9 @@ pub fn attach(ebpf: &mut Ebpf, btf: &Btf, pins: &super::pins::Pinner) -> LsmAtta
     let file = family(&FILE_HOOKS);
     let exec = family(&EXEC_HOOKS);
     let net = family(&NET_HOOKS);
+    let protect = family(&PROTECT_HOOKS);
     let reason = if reasons.is_empty() { None } else { Some(reasons.join("; ")) };
-    LsmAttachment { file, exec, net, reason }
+    LsmAttachment { file, exec, net, protect, reason }
 }
 
 fn attach_one(ebpf: &mut Ebpf, btf: &Btf, hook: &str, pins: &super::pins::Pinner) -> Result<(), String> {

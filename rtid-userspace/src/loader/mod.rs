@@ -155,6 +155,9 @@ impl RtidKernel {
             }
             attach_cgroup_sock(&mut ebpf, &pins)?;
         }
+        if !lsm.protect {
+            attach_tracepoint(&mut ebpf, "sys_enter_bpf", &["sys_enter_bpf"], &pins)?;
+        }
         pins.pin_maps(&ebpf)?;
         let mut maps = KernelMaps::take(&mut ebpf)?;
         maps.set_backend_config(&lsm.config())?;
@@ -177,7 +180,13 @@ impl RtidKernel {
     fn adopt(dir: &Path) -> Result<RtidKernel, LoadError> {
         let mut maps = KernelMaps::from_pins(&dir.join("maps"))?;
         let config = maps.backend_config()?;
-        let lsm = lsm::LsmAttachment { file: config.lsm_file != 0, exec: config.lsm_exec != 0, net: config.lsm_net != 0, reason: None };
+        let lsm = lsm::LsmAttachment {
+            file: config.lsm_file != 0,
+            exec: config.lsm_exec != 0,
+            net: config.lsm_net != 0,
+            protect: false,
+            reason: None,
+        };
         let events = Some(EventReader::new(maps.take_events()?));
         Ok(RtidKernel {
             _ebpf: None,

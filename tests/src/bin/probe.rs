@@ -107,6 +107,17 @@ fn main() {
             let status = Command::new(arg(1)).args(&args[2..]).status();
             report(status.map(describe_status))
         }
+        // A bpf() syscall (BPF_MAP_CREATE of a tiny array), as an agent trying to reach the monitor's maps would.
+        "bpf" => {
+            let mut attr = [0u32; 32];
+            attr[0] = 2; // BPF_MAP_TYPE_ARRAY
+            attr[1] = 4; // key size
+            attr[2] = 4; // value size
+            attr[3] = 1; // max entries
+            // SAFETY: attr is a zeroed, correctly sized bpf_attr for BPF_MAP_CREATE.
+            let fd = unsafe { libc::syscall(libc::SYS_bpf, 0, attr.as_mut_ptr(), std::mem::size_of_val(&attr)) };
+            report(if fd >= 0 { Ok("bpf map created".into()) } else { Err(std::io::Error::last_os_error()) })
+        }
         // Writes a marker file: proves the binary ran.
         "marker" => report(std::fs::write(arg(1), b"ran\n").map(|_| "marker".into())),
         // Blocks until stdin closes; lets a test label a running process.

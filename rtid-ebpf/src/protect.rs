@@ -1,0 +1,63 @@
+//! Self-protection: an agent must not weaken the monitor. The bpf() syscall
+//! reaches every program and map (rtid's included), so a process that carries
+//! an identity may not use it at all, whatever its privileges: refused with
+//! EPERM under BPF LSM, killed before the call returns on the fallback.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_send_signal},
+    macros::{lsm, tracepoint},
+    programs::{LsmContext, TracePointContext},
+};
+use rtid_common::{Backend, DecisionSource, EventKind, Outcome, ProcessIdentity, Verdict, EPERM, SIGKILL};
+
+use crate::{
+    events::{emit, EventFacts, EventObject},
+    judge::{active_policy, identity_of, Decision, Enforcement},
+};
+
+#[inline(always)]
+fn report(process: &ProcessIdentity, backend: Backend, outcome: Outcome) {
+    let active = active_policy(process.identity);
+    let facts = EventFacts {
+        kind: EventKind::Tamper,
+        backend,
+        identity: process.identity,
+        generation: active.generation,
+        access: 0,
+        related_tgid: 0,
+    };
+    let decision = Decision { verdict: Verdict::Deny, source: DecisionSource::Default, rule_id: 0 };
+    let errno = if outcome == Outcome::Blocked { EPERM } else { 0 };
+    let enforcement = Enforcement { outcome, errno, kill: outcome == Outcome::Killed, flags: 0 };
+    emit(&facts, &decision, &enforcement, EventObject::None);
+}
+
+/// syscalls/sys_enter_bpf: `(int cmd, union bpf_attr *uattr, unsigned int size)`.
+/// SIGKILL here is delivered before the call returns; the call itself still
+/// runs, which is why LSM (below) is preferred where available.
+#[tracepoint(category = "syscalls", name = "sys_enter_bpf")]
+pub fn sys_enter_bpf(_ctx: TracePointContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if let Some(process) = identity_of(tgid) {
+        // SAFETY: signals the current task; no memory is involved.
+        unsafe { bpf_send_signal(SIGKILL) };
+        report(&process, Backend::Tracepoint, Outcome::Killed);
+    }
+    0
+}
+
+/// include/linux/lsm_hook_defs.h:
+/// `LSM_HOOK(int, 0, bpf, int cmd, union bpf_attr *attr, unsigned int size)` (6.1; later kernels add a token argument).
+#[lsm(hook = "bpf")]
+pub fn bpf(_ctx: LsmContext) -> i32 {
+    // The previous LSM's verdict sits at a different argument on kernels that
+    // added the token argument; refusing tagged callers does not depend on it.
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    match identity_of(tgid) {
+        Some(process) => {
+            report(&process, Backend::Lsm, Outcome::Blocked);
+            -EPERM
+        }
+        None => 0,
+    }
+}
