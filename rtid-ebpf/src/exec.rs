@@ -13,7 +13,7 @@ use rtid_common::{access, counter, label_source, Backend, EventKind, ProcessIden
 use crate::{
     events::{emit, EventFacts, EventObject},
     identity::bound_cgroup_identity,
-    judge::{settle_decision, active_policy, enforce, identity_of, judge_path, status_override, Enforcement},
+    judge::{decide_path_action, active_policy, enforce, identity_of, Enforcement},
     kernel::{binprm_file, current_task, file_path, offsets_valid, process_start_ns, KernelPtr, ReadError},
     maps::{count, BACKEND_CONFIG, EXEC_SELECTORS, PROCESS_IDENTITY, RUNTIME_STATE},
     path::{build_keys, resolve, scratch},
@@ -91,13 +91,7 @@ pub fn judge_exec(process: &ProcessIdentity, bprm: KernelPtr, backend: Backend) 
     let resolved = resolve(scratch, mnt, dentry)?;
 
     let active = active_policy(process.identity);
-    let decision = settle_decision(match status_override(process.identity, &active) {
-        Some(decision) => decision,
-        None => {
-            build_keys(scratch, &resolved, active.policy.ruleset);
-            judge_path(&scratch.prefix_key, &scratch.suffix_key, access::EXEC, active.policy.default_exec, active.now_ns)
-        }
-    });
+    let decision = decide_path_action(process, &active, scratch, &resolved, access::EXEC, active.policy.default_exec);
     let enforcement = enforce(&decision, &active.policy, backend == Backend::Lsm);
     let facts = EventFacts {
         kind: EventKind::Exec,

@@ -12,10 +12,10 @@ use rtid_common::{access, counter, Backend, EventKind, ProcessIdentity, FMODE_RE
 
 use crate::{
     events::{emit, EventFacts, EventObject},
-    judge::{settle_decision, active_policy, enforce, identity_of, judge_path, should_report, status_override, Enforcement},
+    judge::{decide_path_action, active_policy, enforce, identity_of, should_report, Enforcement},
     kernel::{current_task, file_mode, file_of_fd, file_path, offsets_valid, KernelPtr, ReadError},
     maps::{count, BACKEND_CONFIG},
-    path::{build_keys, resolve, scratch},
+    path::{resolve, scratch},
 };
 
 /// Offset of `ret` in every `syscalls/sys_exit_*` tracepoint record (after the
@@ -80,13 +80,7 @@ pub fn judge_file(process: &ProcessIdentity, file: KernelPtr, backend: Backend) 
     let resolved = resolve(scratch, mnt, dentry)?;
 
     let active = active_policy(process.identity);
-    let decision = settle_decision(match status_override(process.identity, &active) {
-        Some(decision) => decision,
-        None => {
-            build_keys(scratch, &resolved, active.policy.ruleset);
-            judge_path(&scratch.prefix_key, &scratch.suffix_key, requested, active.policy.default_file, active.now_ns)
-        }
-    });
+    let decision = decide_path_action(process, &active, scratch, &resolved, requested, active.policy.default_file);
     let enforcement = enforce(&decision, &active.policy, backend == Backend::Lsm);
     if should_report(&decision, &active.policy) {
         let facts = EventFacts {

@@ -10,6 +10,7 @@ use rtid_common::{
 };
 use aya_ebpf::maps::lpm_trie::Key;
 
+use crate::path::{build_keys, PathScratch, ResolvedPath};
 use crate::maps::{
     IDENTITY_POLICY, IDENTITY_STATUS, NET_RULES, PATH_PREFIX_RULES, PATH_SUFFIX_RULES,
     PROCESS_IDENTITY, RUNTIME_STATE,
@@ -156,6 +157,26 @@ pub fn judge_path(
         // No access requested (O_PATH): nothing to judge.
         None => Decision { verdict: Verdict::Allow, source: DecisionSource::Default, rule_id: 0 },
     }
+}
+
+/// The decision for a path action (open or exec) of a tagged process:
+/// expiry and revocation first, then the path rules.
+#[inline(always)]
+pub fn decide_path_action(
+    process: &ProcessIdentity,
+    active: &ActivePolicy,
+    scratch: &mut PathScratch,
+    resolved: &ResolvedPath,
+    requested: u8,
+    default: u8,
+) -> Decision {
+    settle_decision(match status_override(process.identity, active) {
+        Some(decision) => decision,
+        None => {
+            build_keys(scratch, resolved, active.policy.ruleset);
+            judge_path(&scratch.prefix_key, &scratch.suffix_key, requested, default, active.now_ns)
+        }
+    })
 }
 
 /// Judges an address (v6 or v4-mapped) and port against the network trie.

@@ -49,6 +49,7 @@ const DENIED_PORT: u16 = 9;
 /// The allowed exec: tiny, and present on the host and in the VM (busybox).
 const TRUE_BINARY: &str = "/bin/true";
 const DEFAULT_LABEL: &str = "host, native";
+const VM_LABEL: &str = "VM, Debian kernel with BPF LSM under qemu TCG (emulated)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -76,7 +77,9 @@ struct Options {
 
 impl Options {
     fn parse(args: &[String]) -> anyhow::Result<Options> {
-        let mut options = Options { iterations: 100_000, label: DEFAULT_LABEL.into() };
+        // Inside the VM harness the default label says so: emulated timings.
+        let default_label = if std::env::var_os("RTID_IN_VM").is_some() { VM_LABEL } else { DEFAULT_LABEL };
+        let mut options = Options { iterations: 100_000, label: default_label.into() };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             match arg.as_str() {
