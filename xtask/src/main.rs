@@ -67,7 +67,7 @@ fn run(task: Task) -> anyhow::Result<()> {
         Task::Setup => setup::run(),
         Task::Build { release } => command::build_rtid(release),
         Task::Test { args } => test::run(&args),
-        Task::VmTest { args } => vm::run(&args),
+        Task::VmTest { args } => vm::run(&args).map(drop),
         Task::Bench { vm, args } => bench::run(&args, vm),
     }
 }

@@ -2,15 +2,22 @@
 //! integration tests of rtid-tests (tracepoints, cgroup socket hooks). Then, in a
 //! VM booting a kernel where BPF LSM works, the LSM suite (see vm.rs).
 
+use std::{
+    io::{BufRead, BufReader},
+    process::Stdio,
+};
+
+use anyhow::{bail, Context};
+
 use crate::{
-    command::{cargo, checked, require_root},
+    command::{cargo, require_root},
     setup, vm,
 };
 
 /// Unit and integration tests in one run: unit tests are cheap, and the
 /// integration tests load programs into the running kernel and attach at the
 /// cgroup root, so no two may run at once (`--test-threads=1`).
-fn host_tests(extra: &[String]) -> anyhow::Result<()> {
+fn host_tests(extra: &[String]) -> anyhow::Result<Tally> {
     let mut command = cargo();
     command
         .args([
@@ -23,8 +30,48 @@ fn host_tests(extra: &[String]) -> anyhow::Result<()> {
             "--",
             "--test-threads=1",
         ])
-        .args(extra);
-    checked(&mut command)
+        .args(extra)
+        .stdout(Stdio::piped());
+    let mut child = command.spawn().context("starting cargo test")?;
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    let mut tally = Tally::default();
+    // Stream the output as it comes, and count the libtest summaries.
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        tally.add_summary(&line);
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        println!("tests: {} passed, {} failed, {} skipped", tally.passed, tally.failed.max(1), tally.ignored);
+        bail!("host tests failed ({status})");
+    }
+    Ok(tally)
+}
+
+/// Totals over every libtest summary line (`test result: ok. N passed; N failed; N ignored; ...`).
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Tally {
+    fn add_summary(&mut self, line: &str) {
+        let Some(summary) = line.trim().strip_prefix("test result: ") else { return };
+        for part in summary.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(kind), Some(count)) = (words.next(), words.next()) else { continue };
+            let Ok(count) = count.parse::<u64>() else { continue };
+            match kind {
+                "passed" => self.passed += count,
+                "failed" => self.failed += count,
+                "ignored" => self.ignored += count,
+                _ => {}
+            }
+        }
+    }
 }
 
 /// `extra` (test name filters, libtest flags) goes to both runs.
@@ -32,7 +79,25 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
     require_root("cargo xtask test")?;
     setup::ensure_mounts()?;
     println!("== host: unit and integration tests ==");
-    host_tests(extra)?;
+    let host = host_tests(extra)?;
     println!("== VM: BPF LSM suite ==");
-    vm::run(extra)
+    let in_vm = vm::run(extra)?;
+    // The VM suite is the host's ignored test, run for real: count it as passed there.
+    let ignored = host.ignored.saturating_sub(in_vm);
+    println!("tests: {} passed, {} failed, {} skipped", host.passed + in_vm, host.failed, ignored);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tally;
+
+    #[test]
+    fn summaries_are_totalled() {
+        let mut tally = Tally::default();
+        tally.add_summary("test result: ok. 9 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 1.2s");
+        tally.add_summary("test result: FAILED. 2 passed; 3 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1s");
+        tally.add_summary("running 4 tests");
+        assert_eq!((tally.passed, tally.failed, tally.ignored), (11, 3, 1));
+    }
 }

@@ -247,7 +247,8 @@ fn boot(kernel: &Path, initramfs: &Path) -> anyhow::Result<(i32, u32)> {
 }
 
 /// Runs the LSM suite in the VM; `args` (test name filters, libtest flags) go to the suite.
-pub fn run(args: &[String]) -> anyhow::Result<()> {
+/// Returns how many tests passed in the VM.
+pub fn run(args: &[String]) -> anyhow::Result<u64> {
     let suite = build_test_executable("lsm")?;
     let probe = profile_dir(&suite)?.join("rtid-probe");
     let kernel = find_kernel()?;
@@ -273,10 +274,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             bail!("the BPF LSM suite ran no test in the VM");
         }
         println!("vm-test: no BPF LSM test matches {args:?}");
-        return Ok(());
+        return Ok(0);
     }
     println!("vm-test: the BPF LSM suite passed in the VM");
-    Ok(())
+    Ok(u64::from(passed))
 }
 
 /// Runs rtid-bench inside the VM with `args` (emulated: compare ratios, not
