@@ -235,29 +235,17 @@ fn rtid_common_boot_time() -> u64 {
 /// Validates every document, compiles, then swaps in atomically; on any error
 /// nothing changes and every error is reported.
 fn apply(daemon: &mut super::Daemon, documents: Vec<(String, String)>) -> Response {
-    let mut identities = Vec::new();
-    let mut selectors = Vec::new();
-    let mut sources = Vec::new();
-    let mut errors = Vec::new();
-    for (name, text) in &documents {
-        match document::parse_str(name, text) {
-            Ok(set) => {
-                identities.extend(set.identities);
-                selectors.extend(set.selectors);
-                sources.extend(set.sources);
-            }
-            Err(mut found) => errors.append(&mut found),
-        }
-    }
+    let parsed = document::parse_documents(&documents);
     let rejected = |lines: Vec<String>| Response::Error { message: format!("policy rejected, nothing applied:\n{}", lines.join("\n")) };
-    if !errors.is_empty() {
-        return rejected(errors.iter().map(ToString::to_string).collect());
-    }
-    let compiled = match compile(&identities) {
+    let set = match parsed {
+        Ok(set) => set,
+        Err(errors) => return rejected(errors.iter().map(ToString::to_string).collect()),
+    };
+    let compiled = match compile(&set.identities) {
         Ok(compiled) => compiled,
         Err(found) => return rejected(found.iter().map(ToString::to_string).collect()),
     };
-    match super::install(&mut daemon.kernel, super::LoadedPolicy { compiled, selectors, sources }) {
+    match super::install(&mut daemon.kernel, super::LoadedPolicy { compiled, selectors: set.selectors, sources: set.sources }) {
         Ok(sources) => {
             daemon.policy_sources = sources;
             super::state::save(daemon);

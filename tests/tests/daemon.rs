@@ -1,0 +1,192 @@
+//! The daemon and CLI end to end: the real `rtid` binary, a control socket,
+//! pinned programs that outlive a killed daemon, and policy applied live.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use rtid_tests::*;
+
+/// The `rtid` binary next to the test executable.
+fn rtid_binary() -> PathBuf {
+    probe_path().with_file_name("rtid")
+}
+
+/// A daemon with its own socket, state dir and pin dir, stopped and unpinned on drop.
+struct Daemon {
+    child: Option<Child>,
+    dir: TestDir,
+    pins: PathBuf,
+    policy: Vec<String>,
+}
+
+impl Daemon {
+    fn start(name: &str, policy: Vec<String>) -> Daemon {
+        require_root();
+        let dir = TestDir::new(name);
+        let pins = PathBuf::from(format!("/sys/fs/bpf/rtid-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&pins);
+        let mut daemon = Daemon { child: None, dir, pins, policy };
+        daemon.spawn();
+        daemon
+    }
+
+    fn socket(&self) -> String {
+        self.dir.path("rtid.sock")
+    }
+
+    fn spawn(&mut self) {
+        let mut command = Command::new(rtid_binary());
+        command
+            .args(["--socket", &self.socket(), "daemon", "--state-dir", &self.dir.path("state")])
+            .arg("--pin-dir")
+            .arg(&self.pins)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for path in &self.policy {
+            command.args(["--policy", path]);
+        }
+        let _ = std::fs::remove_file(self.socket());
+        self.child = Some(command.spawn().expect("start rtid daemon"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.cli(&["status"]).status.code() != Some(0) {
+            assert!(Instant::now() < deadline, "daemon not ready within 30s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn kill_hard(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(rtid_binary()).arg("--socket").arg(self.socket()).args(args).output().expect("run rtid")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill_hard();
+        let _ = std::fs::remove_dir_all(&self.pins);
+    }
+}
+
+fn text(output: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+fn write_policy(dir: &TestDir, name: &str, body: &str) -> String {
+    dir.file(name, body)
+}
+
+fn coder_policy(secret_dir: &str, action: &str) -> String {
+    format!(
+        "apiVersion: rtid.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: test\nspec:\n  identities:\n    - name: coder\n      owner: alice@example.com\n      files:\n        - {{ id: secret, path: {secret_dir}/, action: {action} }}\n"
+    )
+}
+
+#[test]
+fn agent_denied_apply_live_restart_adopts_pins_and_agents_cannot_use_the_api() {
+    let scratch = TestDir::new("daemon-data");
+    let secret_dir = scratch.0.join("secret").display().to_string();
+    let secret = scratch.file("secret/key", "PRIVATE-KEY");
+    let policy = write_policy(&scratch, "policy.yaml", &coder_policy(&secret_dir, "deny"));
+    let mut daemon = Daemon::start("main", vec![policy.clone()]);
+
+    // An agent run through the CLI is killed before it reads the key.
+    let run = daemon.cli(&["run", "--identity", "coder", "--", "/bin/cat", &secret]);
+    assert!(!text(&run).contains("PRIVATE-KEY"), "the key must never be printed: {}", text(&run));
+    assert_eq!(run.status.code(), Some(128 + 9), "rtid run exits 128+SIGKILL: {}", text(&run));
+
+    // A long-running agent for the live-apply and restart checks.
+    let go = scratch.path("go");
+    let waiter = format!(
+        "while [ ! -e {go} ]; do sleep 0.05; done; {probe} open {secret}; exit 0",
+        probe = probe_path().display()
+    );
+    let agent = Command::new(rtid_binary())
+        .args(["--socket", &daemon.socket(), "run", "--identity", "coder", "--", "/bin/sh", "-c", &waiter])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start agent");
+    std::thread::sleep(Duration::from_millis(300));
+
+    // A labeled process cannot use the API.
+    let inside = daemon.cli(&["run", "--identity", "coder", "--", rtid_binary().to_str().unwrap(), "--socket", &daemon.socket(), "label", "--pid", "1", "--identity", "coder"]);
+    assert!(text(&inside).contains("carries identity coder"), "an agent is refused: {}", text(&inside));
+
+    // Three errors: all reported with lines; nothing applied.
+    let broken = write_policy(
+        &scratch,
+        "broken.yaml",
+        "apiVersion: rtid.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: broken\nspec:\n  identities:\n    - name: coder\n      files:\n        - { id: a, path: relative/path, action: deny }\n        - { id: b, path: /x/, action: maybe }\n      network:\n        - { id: c, cidr: 10.0.0.0/33, action: deny }\n",
+    );
+    let apply = daemon.cli(&["policy", "apply", &broken]);
+    assert_ne!(apply.status.code(), Some(0), "{}", text(&apply));
+    let message = text(&apply);
+    for line in ["broken.yaml:9:", "broken.yaml:10:", "broken.yaml:12:"] {
+        assert!(message.contains(line), "missing {line} in: {message}");
+    }
+
+    // A second agent that acts only once the daemon is gone.
+    let go_down = scratch.path("go-down");
+    let later = format!(
+        "while [ ! -e {go_down} ]; do sleep 0.05; done; {probe} open {secret}; exit 0",
+        probe = probe_path().display()
+    );
+    let second = Command::new(rtid_binary())
+        .args(["--socket", &daemon.socket(), "run", "--identity", "coder", "--", "/bin/sh", "-c", &later])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start second agent");
+    std::thread::sleep(Duration::from_millis(300));
+
+    // kill -9: the pinned programs keep enforcing while the daemon is down.
+    daemon.kill_hard();
+    std::fs::write(&go_down, "").unwrap();
+    let second = second.wait_with_output().unwrap();
+    assert!(!String::from_utf8_lossy(&second.stdout).contains("PRIVATE-KEY"), "still denied with the daemon down: {second:?}");
+    let while_down = Command::new(probe_path()).args(["open", &secret]).output().unwrap();
+    assert!(String::from_utf8_lossy(&while_down.stdout).contains("PRIVATE-KEY"), "untagged still fine while down");
+
+    // A new daemon adopts the pins: labels and state are back, events flow.
+    daemon.spawn();
+    let ps = daemon.cli(&["ps"]);
+    assert!(text(&ps).contains("coder"), "labels are back after restart: {}", text(&ps));
+    let mut events = Command::new(rtid_binary())
+        .args(["--socket", &daemon.socket(), "--json", "events", "--follow", "--identity", "coder"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("follow events");
+    let lines = std::io::BufRead::lines(std::io::BufReader::new(events.stdout.take().unwrap()));
+    let (found_tx, found_rx) = std::sync::mpsc::channel();
+    let wanted = secret.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if line.contains("\"verdict\":\"deny\"") && line.contains(&wanted) {
+                let _ = found_tx.send(line);
+                break;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let third = daemon.cli(&["run", "--identity", "coder", "--", "/bin/cat", &secret]);
+    assert!(!text(&third).contains("PRIVATE-KEY"));
+    let event = found_rx.recv_timeout(Duration::from_secs(10)).expect("the deny arrives on `rtid events --follow --json`");
+    assert!(event.contains("\"rule_id\":\"secret\"") && event.contains("\"identity\":\"coder\""), "{event}");
+    let _ = events.kill();
+    let _ = events.wait();
+
+    // A valid apply turning the deny into an allow reaches the running agent.
+    let relaxed = write_policy(&scratch, "relaxed.yaml", &coder_policy(&secret_dir, "allow"));
+    let apply = daemon.cli(&["policy", "apply", &relaxed]);
+    assert_eq!(apply.status.code(), Some(0), "{}", text(&apply));
+    std::fs::write(&go, "").unwrap();
+    let output = agent.wait_with_output().unwrap();
+    assert!(String::from_utf8_lossy(&output.stdout).contains("ok PRIVATE-KEY"), "the running agent is judged by the new policy: {:?}", output);
+}
