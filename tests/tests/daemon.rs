@@ -190,3 +190,71 @@ fn agent_denied_apply_live_restart_adopts_pins_and_agents_cannot_use_the_api() {
     let output = agent.wait_with_output().unwrap();
     assert!(String::from_utf8_lossy(&output.stdout).contains("ok PRIVATE-KEY"), "the running agent is judged by the new policy: {:?}", output);
 }
+
+#[test]
+fn the_embedded_default_stops_an_agent_reading_an_ssh_key_and_the_cli_explains_it() {
+    // A temporary home under /home: the default policy's ~/ rules cover every home.
+    let home = PathBuf::from(format!("/home/rtid-test-{}", std::process::id()));
+    std::fs::create_dir_all(home.join(".ssh")).unwrap();
+    let key = home.join(".ssh/id_rsa").display().to_string();
+    std::fs::write(&key, "SSH-PRIVATE-KEY").unwrap();
+    struct RemoveHome(PathBuf);
+    impl Drop for RemoveHome {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = RemoveHome(home.clone());
+    let daemon = Daemon::start("default", Vec::new());
+
+    let status = daemon.cli(&["--json", "status"]);
+    assert!(text(&status).contains("embedded default policy"), "{}", text(&status));
+
+    let mut events = Command::new(rtid_binary())
+        .args(["--socket", &daemon.socket(), "--json", "events", "--follow"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("follow events");
+    let lines = std::io::BufRead::lines(std::io::BufReader::new(events.stdout.take().unwrap()));
+    let (found_tx, found_rx) = std::sync::mpsc::channel();
+    let wanted = key.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if line.contains(&wanted) {
+                let _ = found_tx.send(line);
+                break;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+
+    let run = daemon.cli(&["run", "--identity", "coder", "--", "/bin/cat", &key]);
+    assert!(!text(&run).contains("SSH-PRIVATE-KEY"), "the key is never printed: {}", text(&run));
+    assert_eq!(run.status.code(), Some(128 + 9), "killed on this host's fallback backend: {}", text(&run));
+    let event = found_rx.recv_timeout(Duration::from_secs(10)).expect("the event reaches `rtid events --json`");
+    assert!(event.contains("\"verdict\":\"deny\"") && event.contains("\"outcome\":\"killed\""), "{event}");
+    let _ = events.kill();
+    let _ = events.wait();
+
+    // explain names the rule that decided, from the live maps.
+    let explain = daemon.cli(&["policy", "explain", "--identity", "coder", "--open", &key]);
+    let user = home.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(text(&explain).contains(&format!("deny (by rule ssh-keys@{user}")), "{}", text(&explain));
+    let explain_exec = daemon.cli(&["policy", "explain", "--identity", "coder", "--exec", "/usr/bin/ssh"]);
+    assert!(text(&explain_exec).contains("step_up"), "{}", text(&explain_exec));
+
+    // CLI odds and ends: checks without a daemon, completions, man page, ps.
+    let dir = TestDir::new("cli");
+    let bad = dir.file("bad.yaml", "apiVersion: rtid.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: x\nspec:\n  identities:\n    - name: a\n      files:\n        - { id: r, path: /x, action: nope }\n");
+    let check = Command::new(rtid_binary()).args(["policy", "check", &bad]).output().unwrap();
+    assert_eq!(check.status.code(), Some(2), "{}", text(&check));
+    assert!(text(&check).contains("bad.yaml:9: spec.identities[0].files[0].action"), "{}", text(&check));
+    let shown = Command::new(rtid_binary()).args(["policy", "show", "--default"]).output().unwrap();
+    assert!(text(&shown).contains("kind: AgentPolicy"));
+    let completions = Command::new(rtid_binary()).args(["completions", "bash"]).output().unwrap();
+    assert!(text(&completions).contains("rtid"));
+    let man = Command::new(rtid_binary()).arg("man").output().unwrap();
+    assert!(text(&man).contains(".TH"));
+    let unreachable = Command::new(rtid_binary()).args(["--socket", "/nonexistent/rtid.sock", "status"]).output().unwrap();
+    assert_eq!(unreachable.status.code(), Some(69), "{}", text(&unreachable));
+}
