@@ -257,4 +257,11 @@ fn the_embedded_default_stops_an_agent_reading_an_ssh_key_and_the_cli_explains_i
     assert!(text(&man).contains(".TH"));
     let unreachable = Command::new(rtid_binary()).args(["--socket", "/nonexistent/rtid.sock", "status"]).output().unwrap();
     assert_eq!(unreachable.status.code(), Some(69), "{}", text(&unreachable));
+
+    // --ttl: the identity expires; afterwards nothing runs under it.
+    let short = daemon.cli(&["run", "--identity", "coder", "--owner", "bob", "--ttl", "1s", "--", "/bin/true"]);
+    assert_eq!(short.status.code(), Some(0), "{}", text(&short));
+    std::thread::sleep(Duration::from_millis(1300));
+    let expired = daemon.cli(&["run", "--identity", "coder", "--", "/bin/true"]);
+    assert_eq!(expired.status.code(), Some(128 + 9), "an expired identity's exec is killed: {}", text(&expired));
 }

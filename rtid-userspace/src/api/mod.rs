@@ -25,7 +25,18 @@ pub enum Request {
     Label { pid: u32, identity: String },
     /// Label a child the caller forked and holds before exec (`rtid run`);
     /// refused unless the pid is the caller's own child.
-    LabelChild { pid: u32, identity: String },
+    LabelChild {
+        pid: u32,
+        identity: String,
+        /// Shown by `rtid ps` instead of the identity's owner.
+        #[serde(default)]
+        owner: Option<String>,
+        #[serde(default)]
+        purpose: Option<String>,
+        /// Expire the identity this many seconds from now, if sooner than its current expiry.
+        #[serde(default)]
+        ttl_seconds: Option<u64>,
+    },
     Unlabel { pid: u32 },
     Status,
     Ps,

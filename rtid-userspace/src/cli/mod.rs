@@ -47,6 +47,9 @@ enum Command {
         owner: Option<String>,
         #[arg(long)]
         purpose: Option<String>,
+        /// Expire the identity this long from now (e.g. 30m), if sooner than its current expiry.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
         /// Command and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -145,6 +148,13 @@ enum PolicyCommand {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Daemon(_)) {
+        // A client whose reader went away (`rtid events | head`) ends quietly,
+        // as Unix tools do, instead of panicking on a broken pipe. The daemon
+        // keeps Rust's default (ignore) so a vanished client cannot kill it.
+        // SAFETY: called before any thread starts; SIG_DFL is a valid disposition.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match run(cli) {
         Ok(code) => code,
         Err(error) => {
@@ -159,7 +169,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let json = cli.json;
     match cli.command {
         Command::Daemon(args) => run_daemon(args, socket),
-        Command::Run { identity, owner: _, purpose: _, command } => run_command(&socket, &identity, &command),
+        Command::Run { identity, owner, purpose, ttl, command } => {
+            let request = Request::LabelChild { pid: 0, identity, owner, purpose, ttl_seconds: ttl.map(|ttl| ttl.as_secs().max(1)) };
+            run_command(&socket, request, &command)
+        }
         Command::Label { pid, identity } => simple(&socket, &Request::Label { pid, identity }, json),
         Command::Unlabel { pid } => simple(&socket, &Request::Unlabel { pid }, json),
         Command::Ps => simple(&socket, &Request::Ps, json),
@@ -220,9 +233,11 @@ fn simple(socket: &Path, request: &Request, json: bool) -> anyhow::Result<ExitCo
 
 /// Forks the command held before exec, has the daemon label it, lets it run,
 /// and exits with its status (128 + signal when killed).
-fn run_command(socket: &Path, identity: &str, command: &[String]) -> anyhow::Result<ExitCode> {
+fn run_command(socket: &Path, mut request: Request, command: &[String]) -> anyhow::Result<ExitCode> {
     let mut child = fork_paused(command, false)?;
-    let request = Request::LabelChild { pid: child.pid, identity: identity.into() };
+    if let Request::LabelChild { pid, .. } = &mut request {
+        *pid = child.pid;
+    }
     match call(socket, &request) {
         Ok(Response::Ok { .. }) => {}
         Ok(response) => {

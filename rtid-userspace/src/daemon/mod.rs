@@ -43,6 +43,7 @@ pub struct DaemonOptions {
 pub struct LabelInfo {
     pub identity: String,
     pub owner: Option<String>,
+    pub purpose: Option<String>,
     pub source: &'static str,
     pub labeled_at: Instant,
 }

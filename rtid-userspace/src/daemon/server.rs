@@ -130,17 +130,29 @@ fn dispatch(daemon: &Shared, request: Request, caller_pid: u32) -> Response {
     let mut daemon = daemon.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let error = |message: String| Response::Error { message };
     match request {
-        Request::Label { pid, identity } | Request::LabelChild { pid, identity }
+        Request::Label { pid, identity } | Request::LabelChild { pid, identity, .. }
             if daemon.kernel.identity_id(&identity).is_none() =>
         {
             let _ = pid;
             error(format!("unknown identity {identity:?}; known: {}", daemon.kernel.policy().identities.iter().map(|i| i.spec.name.as_str()).collect::<Vec<_>>().join(", ")))
         }
-        Request::LabelChild { pid, identity } => {
+        Request::LabelChild { pid, identity, owner, purpose, ttl_seconds } => {
             if parent_of(pid) != Some(caller_pid) {
                 return error(format!("refused: process {pid} is not a child of the caller ({caller_pid})"));
             }
-            label(&mut daemon, pid, &identity, "launcher")
+            if let Some(seconds) = ttl_seconds {
+                if let Err(failure) = shorten_expiry(&mut daemon, &identity, seconds) {
+                    return error(failure.to_string());
+                }
+            }
+            let response = label(&mut daemon, pid, &identity, "launcher");
+            if let Some(info) = daemon.labels.get_mut(&pid) {
+                if owner.is_some() {
+                    info.owner = owner;
+                }
+                info.purpose = purpose;
+            }
+            response
         }
         Request::Label { pid, identity } => label(&mut daemon, pid, &identity, "label"),
         Request::Unlabel { pid } => match daemon.kernel.unlabel_pid(pid) {
@@ -159,6 +171,18 @@ fn dispatch(daemon: &Shared, request: Request, caller_pid: u32) -> Response {
     }
 }
 
+/// Brings an identity's expiry forward to `seconds` from now (never later).
+fn shorten_expiry(daemon: &mut super::Daemon, identity: &str, seconds: u64) -> Result<(), crate::loader::LoadError> {
+    let id = daemon.kernel.identity_id(identity).ok_or_else(|| crate::loader::LoadError::UnknownIdentity(identity.into()))?;
+    let current = daemon.kernel.identity_status(id)?.expires_at_ns;
+    let wanted = crate::loader::boot_time_ns() + seconds * 1_000_000_000;
+    if current == 0 || wanted < current {
+        daemon.kernel.set_identity_expiry(identity, Some(std::time::Duration::from_secs(seconds)))?;
+        info!(identity, seconds, "identity expiry set by rtid run --ttl");
+    }
+    Ok(())
+}
+
 fn parent_of(pid: u32) -> Option<u32> {
     let stat = procfs::process::Process::new(pid as i32).ok()?.stat().ok()?;
     Some(stat.ppid as u32)
@@ -168,7 +192,7 @@ fn label(daemon: &mut super::Daemon, pid: u32, identity: &str, source: &'static 
     match daemon.kernel.label_pid(pid, identity) {
         Ok(()) => {
             let owner = daemon.kernel.policy().identity(identity).and_then(|i| i.spec.owner.clone());
-            daemon.labels.insert(pid, LabelInfo { identity: identity.into(), owner, source, labeled_at: Instant::now() });
+            daemon.labels.insert(pid, LabelInfo { identity: identity.into(), owner, purpose: None, source, labeled_at: Instant::now() });
             info!(pid, identity, source, "labeled");
             super::state::save(daemon);
             Response::Ok { message: format!("process {pid} labeled {identity}") }
