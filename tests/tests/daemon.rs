@@ -20,6 +20,8 @@ struct Daemon {
     dir: TestDir,
     pins: PathBuf,
     policy: Vec<String>,
+    /// Extra daemon arguments.
+    extra: Vec<String>,
 }
 
 impl Daemon {
@@ -28,7 +30,7 @@ impl Daemon {
         let dir = TestDir::new(name);
         let pins = PathBuf::from(format!("/sys/fs/bpf/rtid-test-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&pins);
-        let mut daemon = Daemon { child: None, dir, pins, policy };
+        let mut daemon = Daemon { child: None, dir, pins, policy, extra: Vec::new() };
         daemon.spawn();
         daemon
     }
@@ -48,6 +50,7 @@ impl Daemon {
         for path in &self.policy {
             command.args(["--policy", path]);
         }
+        command.args(&self.extra);
         let _ = std::fs::remove_file(self.socket());
         self.child = Some(command.spawn().expect("start rtid daemon"));
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -62,6 +65,17 @@ impl Daemon {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    fn signal(&mut self, signal: i32) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon running");
+        // SAFETY: sends a signal to our own child process.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        if signal == libc::SIGHUP {
+            self.child = Some(child);
+            return std::os::unix::process::ExitStatusExt::from_raw(0);
+        }
+        child.wait().expect("daemon exits")
     }
 
     fn cli(&self, args: &[&str]) -> Output {
@@ -264,4 +278,35 @@ fn the_embedded_default_stops_an_agent_reading_an_ssh_key_and_the_cli_explains_i
     std::thread::sleep(Duration::from_millis(1300));
     let expired = daemon.cli(&["run", "--identity", "coder", "--", "/bin/true"]);
     assert_eq!(expired.status.code(), Some(128 + 9), "an expired identity's exec is killed: {}", text(&expired));
+}
+
+#[test]
+fn sighup_reloads_and_sigterm_keeps_the_pins_unless_asked_to_remove_them() {
+    let scratch = TestDir::new("daemon-signals");
+    let secret_dir = scratch.0.join("secret").display().to_string();
+    let secret = scratch.file("secret/key", "x");
+    let policy = write_policy(&scratch, "policy.yaml", &coder_policy(&secret_dir, "deny"));
+    let mut daemon = Daemon::start("signals", vec![policy.clone()]);
+    let explain = |daemon: &Daemon| text(&daemon.cli(&["policy", "explain", "--identity", "coder", "--open", &secret]));
+    assert!(explain(&daemon).contains("deny"), "{}", explain(&daemon));
+
+    std::fs::write(&policy, coder_policy(&secret_dir, "flag")).unwrap();
+    daemon.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !explain(&daemon).contains("flag") {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload: {}", explain(&daemon));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = daemon.cli(&["status"]);
+    assert!(text(&status).contains("PROCESS_IDENTITY"), "status shows map fill: {}", text(&status));
+
+    let stopped = daemon.signal(libc::SIGTERM);
+    assert!(stopped.success(), "SIGTERM stops cleanly: {stopped:?}");
+    assert!(daemon.pins.join("links").read_dir().map(|mut d| d.next().is_some()).unwrap_or(false), "pins kept after SIGTERM");
+
+    daemon.extra = vec!["--unpin-on-exit".into()];
+    daemon.spawn();
+    let stopped = daemon.signal(libc::SIGTERM);
+    assert!(stopped.success(), "{stopped:?}");
+    assert!(!daemon.pins.exists(), "--unpin-on-exit removes the pins");
 }

@@ -78,6 +78,10 @@ pub struct StatusReport {
     pub hook_errors: u64,
     pub actions_judged: u64,
     pub events_seen: u64,
+    /// Events per second since the daemon started.
+    pub events_per_second: f64,
+    /// Map name to (entries in use, capacity).
+    pub map_fill: Vec<(String, usize, u32)>,
     pub uptime_seconds: u64,
     pub pinned: bool,
 }
@@ -91,6 +95,9 @@ pub struct Backends {
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ProcessEntry {
+    /// Labeled ancestors above this process (for the tree view).
+    #[serde(default)]
+    pub depth: u32,
     pub pid: u32,
     pub parent: u32,
     pub identity: String,

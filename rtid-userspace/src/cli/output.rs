@@ -31,6 +31,7 @@ pub fn print(response: &Response, json: bool) -> ExitCode {
                 ("labeled processes", status.labeled_processes.to_string()),
                 ("actions judged", status.actions_judged.to_string()),
                 ("events seen", status.events_seen.to_string()),
+                ("events per second", format!("{:.1}", status.events_per_second)),
                 ("ring-full drops", status.ring_full_drops.to_string()),
                 ("hook errors", status.hook_errors.to_string()),
                 ("uptime", format!("{}s", status.uptime_seconds)),
@@ -39,13 +40,19 @@ pub fn print(response: &Response, json: bool) -> ExitCode {
             for (name, value) in rows {
                 println!("{name:width$}  {value}");
             }
+            println!();
+            println!("{:<20} {:>8} {:>8}", "MAP", "ENTRIES", "CAPACITY");
+            for (map, used, capacity) in &status.map_fill {
+                println!("{map:<20} {used:>8} {capacity:>8}");
+            }
         }
         Response::Ps { processes } => {
             println!("{:>8}  {:>8}  {:<16} {:<24} {:>8}  {:>10}  COMMAND", "PID", "PARENT", "IDENTITY", "OWNER", "AGE", "EXPIRES");
             for process in processes {
                 let expires = process.expires_in_seconds.map_or("-".to_string(), |seconds| format!("{seconds}s"));
+                let indent = "  ".repeat(process.depth as usize);
                 println!(
-                    "{:>8}  {:>8}  {:<16} {:<24} {:>7}s  {:>10}  {}",
+                    "{:>8}  {:>8}  {:<16} {:<24} {:>7}s  {:>10}  {indent}{}",
                     process.pid,
                     process.parent,
                     process.identity,

@@ -219,6 +219,8 @@ fn status(daemon: &super::Daemon) -> Response {
         hook_errors: counters.hook_errors,
         actions_judged: counters.judged,
         events_seen: daemon.events_seen,
+        events_per_second: daemon.events_seen as f64 / daemon.started.elapsed().as_secs_f64().max(1.0),
+        map_fill: daemon.kernel.map_fill(),
         uptime_seconds: daemon.started.elapsed().as_secs(),
         pinned: daemon.kernel.pin_dir().is_some(),
     })
@@ -239,6 +241,7 @@ fn ps(daemon: &super::Daemon) -> Response {
             .filter(|status| status.expires_at_ns != 0)
             .map(|status| (status.expires_at_ns as i64 - now as i64) / 1_000_000_000);
         processes.push(ProcessEntry {
+            depth: 0,
             pid: *pid,
             parent: parent_of(*pid).unwrap_or(0),
             identity: info.identity.clone(),
@@ -249,7 +252,26 @@ fn ps(daemon: &super::Daemon) -> Response {
             command,
         });
     }
-    Response::Ps { processes }
+    Response::Ps { processes: as_tree(processes) }
+}
+
+/// Orders processes so each follows its parent, for display as a tree
+/// (`depth` counts labeled ancestors).
+fn as_tree(processes: Vec<ProcessEntry>) -> Vec<ProcessEntry> {
+    let pids: std::collections::BTreeSet<u32> = processes.iter().map(|p| p.pid).collect();
+    let mut ordered = Vec::new();
+    let mut stack: Vec<(ProcessEntry, u32)> =
+        processes.iter().filter(|p| !pids.contains(&p.parent)).cloned().map(|p| (p, 0)).collect();
+    stack.reverse();
+    while let Some((mut entry, depth)) = stack.pop() {
+        entry.depth = depth;
+        let mut children: Vec<ProcessEntry> = processes.iter().filter(|p| p.parent == entry.pid).cloned().collect();
+        children.reverse();
+        let pid = entry.pid;
+        ordered.push(entry);
+        stack.extend(children.into_iter().filter(|c| c.pid != pid).map(|c| (c, depth + 1)));
+    }
+    ordered
 }
 
 fn rtid_common_boot_time() -> u64 {

@@ -96,6 +96,20 @@ impl KernelMaps {
         })
     }
 
+    /// Entries in use and capacity of the maps that can fill up.
+    pub fn fill(&self) -> Vec<(String, usize, u32)> {
+        use rtid_common::limits::*;
+        vec![
+            ("PROCESS_IDENTITY".into(), self.process_identity.keys().count(), MAX_PROCESSES),
+            ("IDENTITY_POLICY".into(), self.identity_policy.keys().count(), MAX_IDENTITIES * 2),
+            ("PATH_PREFIX_RULES".into(), self.path_prefix.keys().count(), MAX_PATH_ENTRIES),
+            ("PATH_SUFFIX_RULES".into(), self.path_suffix.keys().count(), MAX_PATH_ENTRIES),
+            ("UNIX_RULES".into(), self.unix_rules.keys().count(), MAX_UNIX_ENTRIES),
+            ("NET_RULES".into(), self.net_rules.keys().count(), MAX_NET_ENTRIES),
+            ("CGROUP_IDENTITY".into(), self.cgroup_identity.keys().count(), MAX_CGROUP_BINDINGS),
+        ]
+    }
+
     /// Opens maps pinned by an earlier instance.
     pub fn from_pins(dir: &std::path::Path) -> Result<KernelMaps, LoadError> {
         let open = |name: &'static str| -> Result<aya::maps::Map, LoadError> {

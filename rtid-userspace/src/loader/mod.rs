@@ -343,6 +343,11 @@ impl RtidKernel {
         self.maps.set_status(id, status)
     }
 
+    /// Entries in use and capacity of the kernel maps.
+    pub fn map_fill(&self) -> Vec<(String, usize, u32)> {
+        self.maps.fill()
+    }
+
     /// The policy generation in force.
     pub fn generation(&self) -> Result<u32, LoadError> {
         Ok(self.maps.runtime_state()?.generation)
