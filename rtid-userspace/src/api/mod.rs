@@ -148,7 +148,7 @@ impl Client {
     }
 
     /// The next response, or None when the daemon closed the stream.
-    pub fn next(&mut self) -> Result<Option<Response>, ClientError> {
+    pub fn next_response(&mut self) -> Result<Option<Response>, ClientError> {
         let mut line = String::new();
         if self.reader.read_line(&mut line)? == 0 {
             return Ok(None);
@@ -160,6 +160,6 @@ impl Client {
     pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
         let mut client = Client::connect(socket)?;
         client.send(request)?;
-        client.next()?.ok_or_else(|| ClientError::Io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no response")))
+        client.next_response()?.ok_or_else(|| ClientError::Io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no response")))
     }
 }

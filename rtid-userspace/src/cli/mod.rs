@@ -268,7 +268,7 @@ fn events(socket: &Path, follow: bool, identity: Option<String>, verdicts: Vec<S
         }
     };
     client.send(&Request::Events { follow, identity, verdicts })?;
-    while let Some(response) = client.next()? {
+    while let Some(response) = client.next_response()? {
         let code = output::print(&response, json);
         if code != ExitCode::SUCCESS {
             return Ok(code);

@@ -220,11 +220,10 @@ async fn pump_events(reader: EventReader, daemon: Shared, events: broadcast::Sen
                 daemon.labels.remove(&event.tgid);
             }
             let record = EventRecord::from_event(event, &*daemon);
-            if daemon.options.events_to_stdout {
-                if let Ok(line) = serde_json::to_string(&record) {
+            if daemon.options.events_to_stdout
+                && let Ok(line) = serde_json::to_string(&record) {
                     println!("{line}");
                 }
-            }
             let _ = events.send(record);
         }
     }

@@ -140,11 +140,10 @@ fn dispatch(daemon: &Shared, request: Request, caller_pid: u32) -> Response {
             if parent_of(pid) != Some(caller_pid) {
                 return error(format!("refused: process {pid} is not a child of the caller ({caller_pid})"));
             }
-            if let Some(seconds) = ttl_seconds {
-                if let Err(failure) = shorten_expiry(&mut daemon, &identity, seconds) {
+            if let Some(seconds) = ttl_seconds
+                && let Err(failure) = shorten_expiry(&mut daemon, &identity, seconds) {
                     return error(failure.to_string());
                 }
-            }
             let response = label(&mut daemon, pid, &identity, "launcher");
             if let Some(info) = daemon.labels.get_mut(&pid) {
                 if owner.is_some() {

@@ -300,12 +300,13 @@ impl KernelMaps {
     /// Removes every entry whose ruleset belongs to `slot` (rulesets are `slot << 16 | n`).
     fn remove_slot(&mut self, slot: u32) {
         let in_slot = |ruleset: u32| ruleset >> 16 == slot;
-        let mut stale = InstalledEntries::default();
-        stale.prefix = self.path_prefix.keys().filter_map(Result::ok).filter(|key| in_slot(key.data().ruleset)).collect();
-        stale.suffix = self.path_suffix.keys().filter_map(Result::ok).filter(|key| in_slot(key.data().ruleset)).collect();
-        stale.unix = self.unix_rules.keys().filter_map(Result::ok).filter(|key| in_slot(key.data().ruleset)).collect();
-        stale.net = self.net_rules.keys().filter_map(Result::ok).filter(|key| in_slot(key.data().ruleset)).collect();
-        stale.policies = self.identity_policy.keys().filter_map(Result::ok).filter(|key| key.slot == slot).collect();
+        let stale = InstalledEntries {
+            prefix: self.path_prefix.keys().filter_map(Result::ok).filter(|key| in_slot(key.data().ruleset)).collect(),
+            suffix: self.path_suffix.keys().filter_map(Result::ok).filter(|key| in_slot(key.data().ruleset)).collect(),
+            unix: self.unix_rules.keys().filter_map(Result::ok).filter(|key| in_slot(key.data().ruleset)).collect(),
+            net: self.net_rules.keys().filter_map(Result::ok).filter(|key| in_slot(key.data().ruleset)).collect(),
+            policies: self.identity_policy.keys().filter_map(Result::ok).filter(|key| key.slot == slot).collect(),
+        };
         self.remove_entries(&stale);
     }
 

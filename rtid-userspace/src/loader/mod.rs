@@ -126,11 +126,10 @@ const CGROUP_SOCK_PROGRAMS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "se
 impl RtidKernel {
     /// Loads and attaches every program, with kernel offsets from the running kernel's BTF.
     pub fn load(options: &LoadOptions) -> Result<RtidKernel, LoadError> {
-        if let Some(dir) = &options.pin_dir {
-            if pins::present(dir) {
+        if let Some(dir) = &options.pin_dir
+            && pins::present(dir) {
                 return RtidKernel::adopt(dir);
             }
-        }
         let pins = pins::Pinner::new(options.pin_dir.as_deref())?;
         let offsets: KernelOffsets = btf_offsets::running_kernel_offsets()?;
         let mut ebpf = EbpfLoader::new()

@@ -280,16 +280,14 @@ fn check_identity(checker: &mut Checker, raw: &RawIdentity, field: &str) -> Opti
             _ => checker.error(line_of(ttl), format!("{field}.ttl"), format!("{:?} is not a duration (e.g. 30m, 8h)", ttl.value)),
         }
     }
-    if let Some(value) = &raw.on_expiry {
-        if let Some(verdict) = checker.verdict(value, &format!("{field}.onExpiry"), &[Verdict::Deny, Verdict::Kill]) {
+    if let Some(value) = &raw.on_expiry
+        && let Some(verdict) = checker.verdict(value, &format!("{field}.onExpiry"), &[Verdict::Deny, Verdict::Kill]) {
             spec.on_expiry = verdict;
         }
-    }
-    if let Some(value) = &raw.file_deny_fallback {
-        if let Some(verdict) = checker.verdict(value, &format!("{field}.fileDenyFallback"), &[Verdict::Kill, Verdict::Flag]) {
+    if let Some(value) = &raw.file_deny_fallback
+        && let Some(verdict) = checker.verdict(value, &format!("{field}.fileDenyFallback"), &[Verdict::Kill, Verdict::Flag]) {
             spec.file_deny_fallback = verdict;
         }
-    }
     if let Some(defaults) = &raw.defaults {
         let mut resolved = Defaults::default();
         for (value, slot, name) in [
@@ -297,11 +295,10 @@ fn check_identity(checker: &mut Checker, raw: &RawIdentity, field: &str) -> Opti
             (&defaults.network, &mut resolved.network, "network"),
             (&defaults.exec, &mut resolved.exec, "exec"),
         ] {
-            if let Some(value) = value {
-                if let Some(verdict) = checker.verdict(value, &format!("{field}.defaults.{name}"), ACTIONS) {
+            if let Some(value) = value
+                && let Some(verdict) = checker.verdict(value, &format!("{field}.defaults.{name}"), ACTIONS) {
                     *slot = verdict;
                 }
-            }
         }
         spec.defaults = resolved;
     }
@@ -499,11 +496,10 @@ pub fn parse_documents(documents: &[(String, String)]) -> Result<PolicySet, Vec<
         }
     }
     for identity in &merged.identities {
-        if let Some(delegator) = &identity.delegated_by {
-            if !names.contains(delegator) {
+        if let Some(delegator) = &identity.delegated_by
+            && !names.contains(delegator) {
                 errors.push(PolicyError { file: String::new(), line: 0, field: format!("identity {}.delegatedBy", identity.name), problem: format!("unknown identity {delegator:?}") });
             }
-        }
     }
     for selector in &merged.selectors {
         if !names.contains(&selector.identity) {
@@ -533,11 +529,10 @@ pub fn home_directories(passwd: &Path, home_root: &Path) -> Vec<String> {
     homes.insert("/root".to_string());
     if let Ok(text) = std::fs::read_to_string(passwd) {
         for line in text.lines() {
-            if let Some(home) = line.split(':').nth(5) {
-                if home.starts_with('/') && home != "/" && Path::new(home).is_dir() {
+            if let Some(home) = line.split(':').nth(5)
+                && home.starts_with('/') && home != "/" && Path::new(home).is_dir() {
                     homes.insert(home.trim_end_matches('/').to_string());
                 }
-            }
         }
     }
     if let Ok(entries) = std::fs::read_dir(home_root) {
