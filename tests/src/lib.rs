@@ -3,6 +3,8 @@
 //! at what the kernel did and reported. Everything is detached when the
 //! harness drops, also when a test fails.
 
+pub mod daemon;
+
 use std::{
     io::Read,
     os::{fd::OwnedFd, unix::process::ExitStatusExt},

@@ -3,106 +3,11 @@
 
 use std::{
     path::PathBuf,
-    process::{Child, Command, Output, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use rtid_tests::*;
-
-/// The `rtid` binary next to the test executable.
-fn rtid_binary() -> PathBuf {
-    probe_path().with_file_name("rtid")
-}
-
-/// A daemon with its own socket, state dir and pin dir, stopped and unpinned on drop.
-struct Daemon {
-    child: Option<Child>,
-    dir: TestDir,
-    pins: PathBuf,
-    policy: Vec<String>,
-    /// Extra daemon arguments.
-    extra: Vec<String>,
-}
-
-impl Daemon {
-    fn start(name: &str, policy: Vec<String>) -> Daemon {
-        require_root();
-        let dir = TestDir::new(name);
-        let pins = PathBuf::from(format!("/sys/fs/bpf/rtid-test-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&pins);
-        let mut daemon = Daemon { child: None, dir, pins, policy, extra: Vec::new() };
-        daemon.spawn();
-        daemon
-    }
-
-    fn socket(&self) -> String {
-        self.dir.path("rtid.sock")
-    }
-
-    fn spawn(&mut self) {
-        let mut command = Command::new(rtid_binary());
-        command
-            .args(["--socket", &self.socket(), "daemon", "--state-dir", &self.dir.path("state")])
-            .arg("--pin-dir")
-            .arg(&self.pins)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        for path in &self.policy {
-            command.args(["--policy", path]);
-        }
-        command.args(&self.extra);
-        let _ = std::fs::remove_file(self.socket());
-        self.child = Some(command.spawn().expect("start rtid daemon"));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.cli(&["status"]).status.code() != Some(0) {
-            assert!(Instant::now() < deadline, "daemon not ready within 30s");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn kill_hard(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn signal(&mut self, signal: i32) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("daemon running");
-        // SAFETY: sends a signal to our own child process.
-        unsafe { libc::kill(child.id() as i32, signal) };
-        if signal == libc::SIGHUP {
-            self.child = Some(child);
-            return std::os::unix::process::ExitStatusExt::from_raw(0);
-        }
-        child.wait().expect("daemon exits")
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(rtid_binary()).arg("--socket").arg(self.socket()).args(args).output().expect("run rtid")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill_hard();
-        let _ = std::fs::remove_dir_all(&self.pins);
-    }
-}
-
-fn text(output: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
-}
-
-fn write_policy(dir: &TestDir, name: &str, body: &str) -> String {
-    dir.file(name, body)
-}
-
-fn coder_policy(secret_dir: &str, action: &str) -> String {
-    format!(
-        "apiVersion: rtid.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: test\nspec:\n  identities:\n    - name: coder\n      owner: alice@example.com\n      files:\n        - {{ id: secret, path: {secret_dir}/, action: {action} }}\n"
-    )
-}
+use rtid_tests::{daemon::*, *};
 
 #[test]
 fn agent_denied_apply_live_restart_adopts_pins_and_agents_cannot_use_the_api() {

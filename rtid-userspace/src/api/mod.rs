@@ -19,7 +19,7 @@ use crate::events::record::EventRecord;
 pub const DEFAULT_SOCKET: &str = "/run/rtid/rtid.sock";
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "request", rename_all = "snake_case")]
+#[serde(tag = "call", rename_all = "snake_case")]
 pub enum Request {
     /// Label a running process (and its future children).
     Label { pid: u32, identity: String },
@@ -43,6 +43,17 @@ pub enum Request {
     /// Validate, compile and swap in policy documents (file name, text).
     PolicyApply { documents: Vec<(String, String)> },
     PolicyExplain { identity: String, action: ExplainAction },
+    /// A narrowly scoped allow with a TTL, enforced in the kernel with its expiry.
+    Grant { identity: String, object: crate::daemon::grants::GrantObject, ttl_seconds: u64, reason: Option<String> },
+    Grants,
+    GrantRevoke { id: String },
+    /// Revoke an identity at once (optionally killing its processes).
+    Revoke { identity: String, kill: bool },
+    /// Lift a revocation.
+    Release { identity: String },
+    Approvals,
+    Approve { request: String, ttl_seconds: u64 },
+    Deny { request: String, reason: Option<String> },
     /// Stream events; with `follow`, until the client goes away.
     Events { follow: bool, identity: Option<String>, verdicts: Vec<String> },
 }
@@ -64,6 +75,8 @@ pub enum Response {
     Ps { processes: Vec<ProcessEntry> },
     Explain(Explanation),
     Event(Box<EventRecord>),
+    Grants { grants: Vec<crate::daemon::grants::Grant> },
+    Approvals { requests: Vec<crate::daemon::grants::ApprovalRequest> },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

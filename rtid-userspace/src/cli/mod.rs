@@ -83,6 +83,34 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         verdict: Vec<String>,
     },
+    /// Grant an identity a narrowly scoped allow for a while (or `grant revoke ID`).
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Grant(GrantArgs),
+    /// Live grants.
+    Grants,
+    /// Revoke an identity now: its next call is denied.
+    Revoke {
+        identity: String,
+        /// Also SIGKILL every process carrying it.
+        #[arg(long)]
+        kill: bool,
+    },
+    /// Lift a revocation (or a quarantine).
+    Release { identity: String },
+    /// Step-up approval requests.
+    Approvals,
+    /// Approve a request: a grant for exactly that identity and object.
+    Approve {
+        request: String,
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+    },
+    /// Deny a request.
+    Deny {
+        request: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Shell completions for bash, zsh, fish, ...
     Completions { shell: clap_complete::Shell },
     /// The man page (roff) on stdout.
@@ -115,6 +143,36 @@ struct DaemonArgs {
     /// Log format: text or json.
     #[arg(long, default_value = "text")]
     log_format: String,
+}
+
+#[derive(Args)]
+struct GrantArgs {
+    #[command(subcommand)]
+    revoke: Option<GrantCommand>,
+    #[arg(required = true)]
+    identity: Option<String>,
+    #[arg(long, conflicts_with_all = ["connect", "exec"])]
+    open: Option<String>,
+    #[arg(long, requires = "open")]
+    write: bool,
+    /// CIDR[:PORTS], e.g. 10.0.0.0/8:443,8000-8100 or 127.0.0.1:8080 or [::1]:80.
+    #[arg(long, conflicts_with = "exec")]
+    connect: Option<String>,
+    #[arg(long, requires = "connect")]
+    udp: bool,
+    #[arg(long)]
+    exec: Option<String>,
+    /// How long the grant lasts (required), e.g. 10m.
+    #[arg(long, required = true, value_parser = humantime::parse_duration)]
+    ttl: Option<std::time::Duration>,
+    #[arg(long)]
+    reason: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum GrantCommand {
+    /// Withdraw a grant at once.
+    Revoke { id: String },
 }
 
 #[derive(Subcommand)]
@@ -179,6 +237,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status => simple(&socket, &Request::Status, json),
         Command::Events { follow, identity, verdict } => events(&socket, follow, identity, verdict, json),
         Command::Policy(command) => policy(&socket, command, json),
+        Command::Grant(args) => grant(&socket, args, json),
+        Command::Grants => simple(&socket, &Request::Grants, json),
+        Command::Revoke { identity, kill } => simple(&socket, &Request::Revoke { identity, kill }, json),
+        Command::Release { identity } => simple(&socket, &Request::Release { identity }, json),
+        Command::Approvals => simple(&socket, &Request::Approvals, json),
+        Command::Approve { request, ttl } => simple(&socket, &Request::Approve { request, ttl_seconds: ttl.as_secs().max(1) }, json),
+        Command::Deny { request, reason } => simple(&socket, &Request::Deny { request, reason }, json),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "rtid", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
@@ -345,4 +410,71 @@ fn policy(socket: &Path, command: PolicyCommand, json: bool) -> anyhow::Result<E
 /// The kernel judges resolved paths: resolve what exists, keep the rest as given.
 fn resolve(path: &str) -> String {
     std::fs::canonicalize(path).map(|resolved| resolved.display().to_string()).unwrap_or_else(|_| path.to_string())
+}
+
+fn grant(socket: &Path, args: GrantArgs, json: bool) -> anyhow::Result<ExitCode> {
+    use crate::daemon::grants::GrantObject;
+    if let Some(GrantCommand::Revoke { id }) = args.revoke {
+        return simple(socket, &Request::GrantRevoke { id }, json);
+    }
+    let (Some(identity), Some(ttl)) = (args.identity, args.ttl) else {
+        eprintln!("rtid: grant needs IDENTITY and --ttl");
+        return Ok(ExitCode::from(EXIT_INVALID));
+    };
+    let object = if let Some(path) = args.open {
+        GrantObject::Open { path: resolve(&path), write: args.write }
+    } else if let Some(path) = args.exec {
+        GrantObject::Exec { path: resolve(&path) }
+    } else if let Some(target) = args.connect {
+        match parse_connect_target(&target) {
+            Some((address, prefix_len, ports)) => GrantObject::Connect { address, prefix_len, ports, udp: args.udp },
+            None => {
+                eprintln!("rtid: --connect {target:?}: expected CIDR[:PORTS] (e.g. 10.0.0.0/8:443 or [::1]:80)");
+                return Ok(ExitCode::from(EXIT_INVALID));
+            }
+        }
+    } else {
+        eprintln!("rtid: grant needs one of --open, --connect, --exec");
+        return Ok(ExitCode::from(EXIT_INVALID));
+    };
+    simple(socket, &Request::Grant { identity, object, ttl_seconds: ttl.as_secs().max(1), reason: args.reason }, json)
+}
+
+/// `CIDR[:PORTS]`: an address or block, then optional ports `443,8000-8100`.
+fn parse_connect_target(text: &str) -> Option<(String, u8, Vec<(u16, u16)>)> {
+    let (address_part, ports_part) = if let Some(rest) = text.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']')?;
+        (inside.to_string(), after.strip_prefix(':').map(str::to_string))
+    } else if text.matches(':').count() == 1 {
+        let (address, ports) = text.split_once(':')?;
+        (address.to_string(), Some(ports.to_string()))
+    } else {
+        (text.to_string(), None)
+    };
+    let (address, prefix) = match address_part.split_once('/') {
+        Some((address, prefix)) => (address.parse::<std::net::IpAddr>().ok()?, Some(prefix.parse::<u8>().ok()?)),
+        None => (address_part.parse::<std::net::IpAddr>().ok()?, None),
+    };
+    let max = if address.is_ipv4() { 32 } else { 128 };
+    let prefix = prefix.unwrap_or(max);
+    if prefix > max {
+        return None;
+    }
+    let mut ports = Vec::new();
+    if let Some(list) = ports_part {
+        for part in list.split(',') {
+            let range = match part.split_once('-') {
+                Some((low, high)) => (low.parse().ok()?, high.parse().ok()?),
+                None => {
+                    let port = part.parse().ok()?;
+                    (port, port)
+                }
+            };
+            if range.0 > range.1 {
+                return None;
+            }
+            ports.push(range);
+        }
+    }
+    Some((address.to_string(), prefix, ports))
 }

@@ -70,6 +70,31 @@ pub fn print(response: &Response, json: bool) -> ExitCode {
             }
             println!(")");
         }
+        Response::Grants { grants } => {
+            let now = crate::loader::boot_time_ns();
+            println!("{:<10} {:<16} {:>9}  {:<40} REASON", "GRANT", "IDENTITY", "EXPIRES", "OBJECT");
+            for grant in grants {
+                let left = grant.expires_at_boot_ns.saturating_sub(now) / 1_000_000_000;
+                println!("{:<10} {:<16} {:>8}s  {:<40} {}", grant.id, grant.identity, left, grant.object.describe(), grant.reason.as_deref().unwrap_or("-"));
+            }
+        }
+        Response::Approvals { requests } => {
+            let now = crate::loader::boot_time_ns();
+            println!("{:<8} {:<9} {:<16} {:<24} {:>8} {:>9}  OBJECT", "REQUEST", "STATE", "IDENTITY", "OWNER", "ATTEMPTS", "EXPIRES");
+            for request in requests {
+                let left = request.expires_at_boot_ns.saturating_sub(now) / 1_000_000_000;
+                println!(
+                    "{:<8} {:<9} {:<16} {:<24} {:>8} {:>8}s  {}",
+                    request.id,
+                    format!("{:?}", request.state).to_lowercase(),
+                    request.identity,
+                    request.owner.as_deref().unwrap_or("-"),
+                    request.attempts,
+                    left,
+                    request.object.describe()
+                );
+            }
+        }
         Response::Event(record) => {
             let object = record
                 .path

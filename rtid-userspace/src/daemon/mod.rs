@@ -1,6 +1,7 @@
 //! `rtid daemon`: owns the kernel programs and maps, keeps policy in force,
 //! streams events, and serves the control API. The only writer of maps.
 
+pub mod grants;
 mod server;
 pub mod state;
 
@@ -21,7 +22,7 @@ use crate::{
         EventReader,
     },
     loader::{LoadOptions, RtidKernel},
-    policy::{compile, document, CompiledPolicy},
+    policy::{compile, document, IdentitySpec},
 };
 
 pub struct DaemonOptions {
@@ -50,7 +51,10 @@ pub struct LabelInfo {
 
 pub struct Daemon {
     pub kernel: RtidKernel,
-    pub policy_sources: Vec<String>,
+    /// The validated policy in force (without grants).
+    pub policy: LoadedPolicy,
+    /// Grants and approval requests.
+    pub grants: grants::Ledger,
     pub labels: BTreeMap<u32, LabelInfo>,
     pub started: Instant,
     pub events_seen: u64,
@@ -69,17 +73,24 @@ impl Names for Daemon {
     }
 }
 
-/// Policy ready to install: compiled identities, selectors, where it came from.
+/// Policy as validated: identities, selectors, where it came from. Grants are
+/// added on top of it each time it is compiled and installed.
+#[derive(Clone)]
 pub struct LoadedPolicy {
-    pub compiled: CompiledPolicy,
+    pub identities: Vec<IdentitySpec>,
     pub selectors: Vec<document::Selector>,
     pub sources: Vec<String>,
 }
 
-/// Installs compiled policy and its selectors (exec selectors in the kernel,
-/// cgroup selectors as bindings of the cgroup and its descendants).
-pub fn install(kernel: &mut RtidKernel, policy: LoadedPolicy) -> anyhow::Result<Vec<String>> {
-    kernel.install(policy.compiled).context("installing policy")?;
+/// Compiles policy plus live grants and swaps it in atomically, then installs
+/// the selectors (exec selectors in the kernel, cgroup selectors as bindings
+/// of the cgroup and its descendants). On error the policy in force stays.
+pub fn install(kernel: &mut RtidKernel, policy: &LoadedPolicy, grants: &[grants::Grant]) -> anyhow::Result<()> {
+    let identities = grants::with_grants(&policy.identities, grants);
+    let compiled = compile(&identities).map_err(|errors| {
+        anyhow::anyhow!(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
+    })?;
+    kernel.install(compiled).context("installing policy")?;
     let mut exec = Vec::new();
     for selector in &policy.selectors {
         match &selector.matches {
@@ -96,7 +107,7 @@ pub fn install(kernel: &mut RtidKernel, policy: LoadedPolicy) -> anyhow::Result<
         }
     }
     kernel.set_exec_selectors(&exec).context("exec selectors")?;
-    Ok(policy.sources)
+    Ok(())
 }
 
 /// Reads and validates policy: the given files or directories, or the embedded default.
@@ -108,10 +119,16 @@ pub fn read_policy(paths: &[PathBuf]) -> Result<LoadedPolicy, String> {
             errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
         })?
     };
-    let compiled = compile(&set.identities)
-        .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))?;
     let sources = if paths.is_empty() { vec!["embedded default policy".to_string()] } else { set.sources.clone() };
-    Ok(LoadedPolicy { compiled, selectors: set.selectors, sources })
+    Ok(LoadedPolicy { identities: set.identities, selectors: set.selectors, sources })
+}
+
+impl Daemon {
+    /// Recompiles the policy in force with the live grants and swaps it in.
+    pub fn reinstall(&mut self) -> anyhow::Result<()> {
+        self.grants.prune(crate::loader::boot_time_ns());
+        install(&mut self.kernel, &self.policy, self.grants.live())
+    }
 }
 
 pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
@@ -125,7 +142,7 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
         kernel.restore_identity_ids(saved.identity_ids.clone());
         info!(pins = %options.pin_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default(), "adopted pinned programs and maps");
     }
-    let sources = install(&mut kernel, policy)?;
+    install(&mut kernel, &policy, &[])?;
     let backends = kernel.backends();
     info!(
         file = backends.file.name(),
@@ -140,7 +157,8 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     let labels = if kernel.adopted() { state::live_labels(&saved, &kernel) } else { BTreeMap::new() };
     let daemon = Arc::new(Mutex::new(Daemon {
         kernel,
-        policy_sources: sources,
+        policy,
+        grants: grants::Ledger::default(),
         labels,
         started,
         events_seen: 0,
@@ -182,11 +200,12 @@ async fn wait_for_signals(daemon: Shared) -> anyhow::Result<()> {
 }
 
 fn reload(daemon: &Shared) {
-    let mut daemon = daemon.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut guard = daemon.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let daemon = &mut *guard;
     match read_policy(&daemon.options.policy_paths) {
-        Ok(policy) => match install(&mut daemon.kernel, policy) {
-            Ok(sources) => {
-                daemon.policy_sources = sources;
+        Ok(policy) => match install(&mut daemon.kernel, &policy, daemon.grants.live()) {
+            Ok(()) => {
+                daemon.policy = policy;
                 info!("SIGHUP: policy reloaded");
             }
             Err(error) => warn!(%error, "SIGHUP: reload failed, the policy in force stays in force"),
@@ -220,6 +239,14 @@ async fn pump_events(reader: EventReader, daemon: Shared, events: broadcast::Sen
                 daemon.labels.remove(&event.tgid);
             }
             let record = EventRecord::from_event(event, &*daemon);
+            if record.verdict == "step_up" {
+                let now = crate::loader::boot_time_ns();
+                let owner = daemon.kernel.policy().identity(record.identity.as_deref().unwrap_or("")).and_then(|i| i.spec.owner.clone());
+                let purpose = daemon.kernel.policy().identity(record.identity.as_deref().unwrap_or("")).and_then(|i| i.spec.purpose.clone());
+                if let Some(request) = daemon.grants.request_from(&record, owner, purpose, now) {
+                    info!(request = %request, "approval requested");
+                }
+            }
             if daemon.options.events_to_stdout
                 && let Ok(line) = serde_json::to_string(&record) {
                     println!("{line}");

@@ -13,7 +13,7 @@ use super::{LabelInfo, Shared};
 use crate::{
     api::{Backends, ExplainAction, ProcessEntry, Request, Response, StatusReport},
     events::record::EventRecord,
-    policy::{compile, document},
+    policy::document,
 };
 
 pub fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
@@ -167,6 +167,64 @@ fn dispatch(daemon: &Shared, request: Request, caller_pid: u32) -> Response {
         Request::PolicyApply { documents } => apply(&mut daemon, documents),
         Request::PolicyExplain { identity, action } => explain(&daemon, &identity, &action),
         Request::Events { .. } => error("events are streamed, not dispatched".into()),
+        Request::Grant { identity, object, ttl_seconds, reason } => {
+            if daemon.kernel.identity_id(&identity).is_none() {
+                return error(format!("unknown identity {identity:?}"));
+            }
+            let now = crate::loader::boot_time_ns();
+            match daemon.grants.add(&identity, object, std::time::Duration::from_secs(ttl_seconds), reason, None, now) {
+                Ok(grant) => install_grants(&mut daemon, &grant.id, format!("{} granted to {identity}: {}", grant.id, grant.object.describe())),
+                Err(problem) => error(problem),
+            }
+        }
+        Request::Grants => {
+            daemon.grants.prune(crate::loader::boot_time_ns());
+            Response::Grants { grants: daemon.grants.live().to_vec() }
+        }
+        Request::GrantRevoke { id } => {
+            if !daemon.grants.revoke(&id) {
+                return error(format!("no live grant {id}"));
+            }
+            install_grants(&mut daemon, &id, format!("{id} revoked"))
+        }
+        Request::Revoke { identity, kill } => match daemon.kernel.set_revoked(&identity, true) {
+            Ok(()) => {
+                let mut killed = 0;
+                if kill {
+                    for pid in daemon.kernel.processes_of(&identity) {
+                        // SAFETY: sends a signal; no memory is involved.
+                        if unsafe { libc::kill(pid as i32, libc::SIGKILL) } == 0 {
+                            killed += 1;
+                        }
+                    }
+                }
+                info!(identity, kill, killed, "identity revoked");
+                Response::Ok { message: format!("{identity} revoked; {killed} processes killed") }
+            }
+            Err(failure) => error(failure.to_string()),
+        },
+        Request::Release { identity } => match daemon.kernel.set_revoked(&identity, false) {
+            Ok(()) => {
+                info!(identity, "identity released");
+                Response::Ok { message: format!("{identity} released") }
+            }
+            Err(failure) => error(failure.to_string()),
+        },
+        Request::Approvals => Response::Approvals { requests: daemon.grants.requests(crate::loader::boot_time_ns()) },
+        Request::Approve { request, ttl_seconds } => {
+            let now = crate::loader::boot_time_ns();
+            match daemon.grants.approve(&request, std::time::Duration::from_secs(ttl_seconds), now) {
+                Ok(grant) => install_grants(&mut daemon, &grant.id, format!("{request} approved as {}: {}", grant.id, grant.object.describe())),
+                Err(problem) => error(problem),
+            }
+        }
+        Request::Deny { request, reason } => match daemon.grants.deny(&request, reason, crate::loader::boot_time_ns()) {
+            Ok(()) => {
+                info!(request, "approval request denied");
+                Response::Ok { message: format!("{request} denied") }
+            }
+            Err(problem) => error(problem),
+        },
     }
 }
 
@@ -180,6 +238,20 @@ fn shorten_expiry(daemon: &mut super::Daemon, identity: &str, seconds: u64) -> R
         info!(identity, seconds, "identity expiry set by rtid run --ttl");
     }
     Ok(())
+}
+
+/// Swaps in policy with the current grants; on failure the grant is taken back.
+fn install_grants(daemon: &mut super::Daemon, grant: &str, message: String) -> Response {
+    match daemon.reinstall() {
+        Ok(()) => {
+            info!(grant, %message, "grants changed");
+            Response::Ok { message }
+        }
+        Err(failure) => {
+            daemon.grants.revoke(grant);
+            Response::Error { message: format!("grant not applied: {failure:#}") }
+        }
+    }
 }
 
 fn parent_of(pid: u32) -> Option<u32> {
@@ -211,7 +283,7 @@ fn status(daemon: &super::Daemon) -> Response {
         },
         lsm_note: daemon.kernel.lsm_note().map(str::to_string),
         policy_generation: daemon.kernel.generation().unwrap_or(0),
-        policy_sources: daemon.policy_sources.clone(),
+        policy_sources: daemon.policy.sources.clone(),
         identities: daemon.kernel.policy().identities.iter().map(|i| i.spec.name.clone()).collect(),
         labeled_processes: daemon.labels.len(),
         ring_full_drops: counters.ring_full_drops,
@@ -286,19 +358,16 @@ fn apply(daemon: &mut super::Daemon, documents: Vec<(String, String)>) -> Respon
         Ok(set) => set,
         Err(errors) => return rejected(errors.iter().map(ToString::to_string).collect()),
     };
-    let compiled = match compile(&set.identities) {
-        Ok(compiled) => compiled,
-        Err(found) => return rejected(found.iter().map(ToString::to_string).collect()),
-    };
-    match super::install(&mut daemon.kernel, super::LoadedPolicy { compiled, selectors: set.selectors, sources: set.sources }) {
-        Ok(sources) => {
-            daemon.policy_sources = sources;
+    let policy = super::LoadedPolicy { identities: set.identities, selectors: set.selectors, sources: set.sources };
+    match super::install(&mut daemon.kernel, &policy, daemon.grants.live()) {
+        Ok(()) => {
+            daemon.policy = policy;
             super::state::save(daemon);
             let generation = daemon.kernel.generation().unwrap_or(0);
             info!(generation, "policy applied");
             Response::Ok { message: format!("policy applied (generation {generation})") }
         }
-        Err(failure) => Response::Error { message: format!("policy not applied, the previous one stays in force: {failure:#}") },
+        Err(failure) => rejected(vec![format!("{failure:#}")]),
     }
 }
 

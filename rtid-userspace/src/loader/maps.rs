@@ -198,6 +198,11 @@ impl KernelMaps {
         }
     }
 
+    /// Every tagged process.
+    pub fn processes(&self) -> Vec<(u32, ProcessIdentity)> {
+        self.process_identity.iter().filter_map(Result::ok).collect()
+    }
+
     pub fn set_process(&mut self, pid: u32, entry: ProcessIdentity) -> Result<(), LoadError> {
         self.process_identity.insert(&pid, &entry, 0).map_err(map_error("PROCESS_IDENTITY"))
     }

@@ -302,6 +302,14 @@ impl RtidKernel {
         self.maps.process(pid)
     }
 
+    /// Processes that carry `identity` in the kernel.
+    pub fn processes_of(&self, identity: &str) -> Vec<u32> {
+        match self.identity_id(identity) {
+            Some(id) => self.maps.processes().into_iter().filter(|(_, entry)| entry.identity == id).map(|(pid, _)| pid).collect(),
+            None => Vec::new(),
+        }
+    }
+
     /// Binds a cgroup (and its descendants) to an identity.
     pub fn bind_cgroup(&mut self, cgroup: &Path, identity: &str) -> Result<(), LoadError> {
         let id = self.identity_id(identity).ok_or_else(|| LoadError::UnknownIdentity(identity.into()))?;

@@ -13,6 +13,11 @@ use rtid_common::{
 
 use super::model::{AuditLevel, IdentitySpec, Mode, NetTarget, PathPattern, PathRuleSpec};
 
+/// Added to a grant's match length so it outranks every policy rule (paths
+/// are at most PATH_KEY_BYTES + 1 long; v6 prefixes at most 128 bits).
+const GRANT_PATH_RANK: u16 = 0x4000;
+const GRANT_NET_RANK: u8 = 200;
+
 /// A rule that cannot be compiled, naming the identity and rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CompileError {
@@ -146,6 +151,7 @@ fn compile_identity(
                     access: rtid_common::access::ALL,
                     action: rule.action,
                     expires_at_boot_ns: rule.expires_at_boot_ns,
+                    grant: rule.grant,
                 };
                 if let Err(problem) = add_path_rule(&as_path, rule_id, &mut unix, &mut EntryBuilder::default()) {
                     errors.push(rule_error(&rule.id, problem));
@@ -166,7 +172,9 @@ fn compile_identity(
                                 rule_id,
                                 port_low: low,
                                 port_high: high,
-                                prefix_len: bits,
+                                // Ranking only (the trie matched the address already):
+                                // a grant outranks any CIDR length.
+                                prefix_len: if rule.grant { GRANT_NET_RANK } else { bits },
                                 protocols: rule.protocols,
                                 verdict: rule.action as u8,
                                 expires_at_ns: rule.expires_at_boot_ns.unwrap_or(0),
@@ -262,9 +270,10 @@ fn add_path_rule(
     prefix: &mut EntryBuilder,
     suffix: &mut EntryBuilder,
 ) -> Result<(), String> {
+    let rank = if rule.grant { GRANT_PATH_RANK } else { 0 };
     let candidate = |match_len: usize| PathRule {
         rule_id,
-        match_len: match_len as u16,
+        match_len: match_len as u16 + rank,
         access: rule.access,
         verdict: rule.action as u8,
         expires_at_ns: rule.expires_at_boot_ns.unwrap_or(0),

@@ -113,15 +113,17 @@ pub struct PathRuleSpec {
     pub action: Verdict,
     /// Boot-clock ns after which the rule stops applying.
     pub expires_at_boot_ns: Option<u64>,
+    /// A just-in-time grant: outranks every policy rule on the same object.
+    pub grant: bool,
 }
 
 impl PathRuleSpec {
     pub fn file(id: &str, pattern: PathPattern, action: Verdict) -> PathRuleSpec {
-        PathRuleSpec { id: id.into(), pattern, access: access::READ | access::WRITE, action, expires_at_boot_ns: None }
+        PathRuleSpec { id: id.into(), pattern, access: access::READ | access::WRITE, action, expires_at_boot_ns: None, grant: false }
     }
 
     pub fn exec(id: &str, pattern: PathPattern, action: Verdict) -> PathRuleSpec {
-        PathRuleSpec { id: id.into(), pattern, access: access::EXEC, action, expires_at_boot_ns: None }
+        PathRuleSpec { id: id.into(), pattern, access: access::EXEC, action, expires_at_boot_ns: None, grant: false }
     }
 }
 
@@ -145,6 +147,8 @@ pub struct NetRuleSpec {
     pub protocols: u8,
     pub action: Verdict,
     pub expires_at_boot_ns: Option<u64>,
+    /// A just-in-time grant: outranks every policy rule on the same object.
+    pub grant: bool,
 }
 
 impl NetRuleSpec {
@@ -156,6 +160,7 @@ impl NetRuleSpec {
             protocols: protocol::ANY,
             action,
             expires_at_boot_ns: None,
+            grant: false,
         }
     }
 
@@ -167,6 +172,7 @@ impl NetRuleSpec {
             protocols: protocol::ANY,
             action,
             expires_at_boot_ns: None,
+            grant: false,
         }
     }
 }
