@@ -25,11 +25,16 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(name: &str, policy: Vec<String>) -> Daemon {
+        Daemon::start_with(name, policy, Vec::new())
+    }
+
+    /// Starts with extra daemon arguments.
+    pub fn start_with(name: &str, policy: Vec<String>, extra: Vec<String>) -> Daemon {
         require_root();
         let dir = TestDir::new(name);
         let pins = PathBuf::from(format!("/sys/fs/bpf/rtid-test-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&pins);
-        let mut daemon = Daemon { child: None, dir, pins, policy, extra: Vec::new() };
+        let mut daemon = Daemon { child: None, dir, pins, policy, extra };
         daemon.spawn();
         daemon
     }

@@ -91,7 +91,22 @@ fn step_up_becomes_a_request_that_an_operator_approves_or_denies() {
     std::fs::create_dir_all(scratch.path("bin")).unwrap();
     std::fs::copy(probe_path(), &tool).unwrap();
     let marker = scratch.path("marker");
-    let daemon = Daemon::start("stepup", vec![policy(&scratch, &tool, "kill")]);
+    // A local approver endpoint that records what it is sent.
+    let approver = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook = format!("http://{}/hook", approver.local_addr().unwrap());
+    let (hook_tx, hook_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in approver.incoming().map_while(Result::ok) {
+            use std::io::{Read, Write};
+            let mut stream = stream;
+            let mut buffer = vec![0u8; 8192];
+            let read = stream.read(&mut buffer).unwrap_or(0);
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = hook_tx.send(String::from_utf8_lossy(&buffer[..read]).into_owned());
+        }
+    });
+    let extra = vec!["--approval-webhook".to_string(), hook, "--approval-timeout".into(), "6s".into()];
+    let daemon = Daemon::start_with("stepup", vec![policy(&scratch, &tool, "kill")], extra);
     let run_tool = |daemon: &Daemon| daemon.cli(&["run", "--identity", "coder", "--", &tool, "marker", &marker]);
 
     let first = run_tool(&daemon);
@@ -117,6 +132,9 @@ fn step_up_becomes_a_request_that_an_operator_approves_or_denies() {
         assert!(text(&inside).contains("carries identity coder"), "{args:?}: {}", text(&inside));
     }
 
+    let posted = hook_rx.recv_timeout(Duration::from_secs(10)).expect("the webhook receives the request");
+    assert!(posted.starts_with("POST /hook") && posted.contains(&request) && posted.contains(&tool), "{posted}");
+
     let approved = daemon.cli(&["approve", &request, "--ttl", "1m"]);
     assert!(text(&approved).contains("approved"), "{}", text(&approved));
     let retry = run_tool(&daemon);
@@ -124,6 +142,30 @@ fn step_up_becomes_a_request_that_an_operator_approves_or_denies() {
     assert!(std::path::Path::new(&marker).exists());
     let again = daemon.cli(&["approve", &request]);
     assert_ne!(again.status.code(), Some(0), "a request is answered once: {}", text(&again));
+
+    // A denied request stays denied; an expired one cannot be approved.
+    let other = scratch.path("bin/other");
+    std::fs::copy(probe_path(), &other).unwrap();
+    let stepped = write_policy(&scratch, "more.yaml", &format!(
+        "apiVersion: rtid.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: more\nspec:\n  identities:\n    - name: coder\n      exec:\n        - {{ id: tool, path: {tool}, action: step_up }}\n        - {{ id: other, path: {other}, action: step_up }}\n"
+    ));
+    assert_eq!(daemon.cli(&["policy", "apply", &stepped]).status.code(), Some(0));
+    let denied_run = daemon.cli(&["run", "--identity", "coder", "--", &other, "marker", &marker]);
+    assert_eq!(denied_run.status.code(), Some(128 + 9));
+    std::thread::sleep(Duration::from_millis(300));
+    let listing = text(&daemon.cli(&["--json", "approvals"]));
+    let pending = listing.split("\"id\":\"").skip(1).map(|rest| rest.split('"').next().unwrap_or("").to_string()).last().unwrap();
+    assert_ne!(pending, request);
+    assert_eq!(daemon.cli(&["deny", &pending, "--reason", "not today"]).status.code(), Some(0));
+    assert_ne!(daemon.cli(&["approve", &pending]).status.code(), Some(0), "a denied request stays denied");
+    let still = daemon.cli(&["run", "--identity", "coder", "--", &other, "marker", &marker]);
+    assert_eq!(still.status.code(), Some(128 + 9), "denied: the retry is still stopped");
+    std::thread::sleep(Duration::from_millis(300));
+    let listing = text(&daemon.cli(&["--json", "approvals"]));
+    let newest = listing.split("\"id\":\"").skip(1).map(|rest| rest.split('"').next().unwrap_or("").to_string()).last().unwrap();
+    std::thread::sleep(Duration::from_millis(6300));
+    let late = daemon.cli(&["approve", &newest]);
+    assert!(text(&late).contains("expired"), "an expired request cannot be approved: {}", text(&late));
 }
 
 #[test]

@@ -140,6 +140,13 @@ struct DaemonArgs {
     /// Print every event as a JSON line on stdout.
     #[arg(long)]
     events_stdout: bool,
+    /// How long a step-up request waits for an answer.
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    approval_timeout: std::time::Duration,
+    /// Tell approvers of each new request: HTTP POST of the request as JSON
+    /// (http://host:port/path; retried, with a timeout).
+    #[arg(long)]
+    approval_webhook: Option<String>,
     /// Log format: text or json.
     #[arg(long, default_value = "text")]
     log_format: String,
@@ -275,6 +282,8 @@ fn run_daemon(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<ExitCode> {
         socket,
         admin_group: args.admin_group,
         events_to_stdout: args.events_stdout,
+        approval_timeout: args.approval_timeout,
+        webhook: args.approval_webhook,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(daemon::run(options))?;

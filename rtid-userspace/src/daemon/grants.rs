@@ -12,8 +12,8 @@ use crate::{
     policy::{IdentitySpec, NetRuleSpec, NetTarget, PathPattern, PathRuleSpec},
 };
 
-/// How long an approval request waits for an answer.
-pub const REQUEST_LIFETIME: Duration = Duration::from_secs(15 * 60);
+/// How long an approval request waits for an answer, unless configured.
+pub const DEFAULT_REQUEST_LIFETIME: Duration = Duration::from_secs(15 * 60);
 /// Longest grant the daemon hands out.
 pub const MAX_GRANT_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -79,8 +79,8 @@ pub struct ApprovalRequest {
 }
 
 /// Grants and requests, owned by the daemon.
-#[derive(Default)]
 pub struct Ledger {
+    request_lifetime: Duration,
     grants: Vec<Grant>,
     requests: BTreeMap<u64, ApprovalRequest>,
     next_grant: u64,
@@ -88,6 +88,10 @@ pub struct Ledger {
 }
 
 impl Ledger {
+    pub fn new(request_lifetime: Duration) -> Ledger {
+        Ledger { request_lifetime, grants: Vec::new(), requests: BTreeMap::new(), next_grant: 0, next_request: 0 }
+    }
+
     pub fn live(&self) -> &[Grant] {
         &self.grants
     }
@@ -157,12 +161,17 @@ impl Ledger {
                 pid: record.tgid,
                 attempts: 1,
                 first_seen_boot_ns: now,
-                expires_at_boot_ns: now + REQUEST_LIFETIME.as_nanos() as u64,
+                expires_at_boot_ns: now + self.request_lifetime.as_nanos() as u64,
                 state: RequestState::Pending,
                 answer: None,
             },
         );
         Some(id)
+    }
+
+    /// A request as JSON, for approvers.
+    pub fn request_json(&self, id: &str) -> Option<String> {
+        self.requests.values().find(|r| r.id == id).and_then(|r| serde_json::to_string(r).ok())
     }
 
     pub fn requests(&mut self, now: u64) -> Vec<ApprovalRequest> {

@@ -2,6 +2,7 @@
 //! streams events, and serves the control API. The only writer of maps.
 
 pub mod grants;
+mod webhook;
 mod server;
 pub mod state;
 
@@ -37,6 +38,10 @@ pub struct DaemonOptions {
     pub admin_group: Option<String>,
     /// Also print every event as a JSON line on stdout (the DaemonSet way).
     pub events_to_stdout: bool,
+    /// How long step-up requests wait for an answer.
+    pub approval_timeout: std::time::Duration,
+    /// Approvers are told of each new request by an HTTP POST here.
+    pub webhook: Option<String>,
 }
 
 /// What a labeled process was given, for `rtid ps`.
@@ -158,7 +163,7 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     let daemon = Arc::new(Mutex::new(Daemon {
         kernel,
         policy,
-        grants: grants::Ledger::default(),
+        grants: grants::Ledger::new(options.approval_timeout),
         labels,
         started,
         events_seen: 0,
@@ -245,6 +250,10 @@ async fn pump_events(reader: EventReader, daemon: Shared, events: broadcast::Sen
                 let purpose = daemon.kernel.policy().identity(record.identity.as_deref().unwrap_or("")).and_then(|i| i.spec.purpose.clone());
                 if let Some(request) = daemon.grants.request_from(&record, owner, purpose, now) {
                     info!(request = %request, "approval requested");
+                    if let (Some(url), Some(body)) = (daemon.options.webhook.clone(), daemon.grants.request_json(&request)) {
+                        // Never on the event path: the agent's failure and other requests do not wait for approvers.
+                        tokio::spawn(webhook::notify(url, body));
+                    }
                 }
             }
             if daemon.options.events_to_stdout
