@@ -194,3 +194,47 @@ fn revoke_takes_effect_before_the_command_returns() {
     let after = daemon.cli(&["run", "--identity", "coder", "--", "/bin/true"]);
     assert_eq!(after.status.code(), Some(0), "released: {}", text(&after));
 }
+
+#[test]
+fn delegation_only_narrows_and_revoking_the_delegator_revokes_the_delegate() {
+    let scratch = TestDir::new("delegation-data");
+    let secret = scratch.file("secret/key", "KEY");
+    let secret_dir = scratch.0.join("secret").display().to_string();
+    let policy = write_policy(
+        &scratch,
+        "policy.yaml",
+        &format!(
+            "apiVersion: rtid.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: delegation\nspec:\n  identities:\n    - name: planner\n      owner: alice@example.com\n      files:\n        - {{ id: secret, path: {secret_dir}/, action: deny }}\n    - name: coder\n      delegatedBy: planner\n      files:\n        - {{ id: key-ok, path: {secret}, action: allow }}\n"
+        ),
+    );
+    let daemon = Daemon::start("delegation", vec![policy]);
+    let mut events = Command::new(rtid_binary())
+        .args(["--socket", &daemon.socket(), "--json", "events", "--follow", "--identity", "coder"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufRead::lines(std::io::BufReader::new(events.stdout.take().unwrap()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let wanted = secret.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if line.contains(&wanted) {
+                let _ = tx.send(line);
+                break;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let probe = probe_path().display().to_string();
+    let run = daemon.cli(&["run", "--identity", "coder", "--", &probe, "open", &secret]);
+    assert!(!text(&run).contains("KEY"), "its own allow does not reach past the delegator's deny: {}", text(&run));
+    let event = rx.recv_timeout(Duration::from_secs(10)).expect("deny event");
+    assert!(event.contains("\"delegation_chain\":\"alice@example.com > planner > coder\""), "{event}");
+    assert!(event.contains("\"rule_id\":\"planner/secret\""), "{event}");
+    let _ = events.kill();
+
+    let revoked = daemon.cli(&["revoke", "planner"]);
+    assert!(text(&revoked).contains("with 1 delegated"), "{}", text(&revoked));
+    let after = daemon.cli(&["run", "--identity", "coder", "--", "/bin/true"]);
+    assert_eq!(after.status.code(), Some(128 + 9), "the delegate is revoked with its delegator: {}", text(&after));
+}

@@ -240,6 +240,7 @@ pub fn with_grants(identities: &[IdentitySpec], grants: &[Grant]) -> Vec<Identit
                 action: Verdict::Audit,
                 expires_at_boot_ns: expires,
                 grant: true,
+                from_delegator: false,
             }),
             GrantObject::Exec { path } => identity.exec.push(PathRuleSpec {
                 id: grant.id.clone(),
@@ -248,6 +249,7 @@ pub fn with_grants(identities: &[IdentitySpec], grants: &[Grant]) -> Vec<Identit
                 action: Verdict::Audit,
                 expires_at_boot_ns: expires,
                 grant: true,
+                from_delegator: false,
             }),
             GrantObject::Connect { address, prefix_len, ports, udp } => {
                 let Ok(addr) = address.parse() else { continue };
@@ -259,6 +261,7 @@ pub fn with_grants(identities: &[IdentitySpec], grants: &[Grant]) -> Vec<Identit
                     action: Verdict::Audit,
                     expires_at_boot_ns: expires,
                     grant: true,
+                    from_delegator: false,
                 });
             }
             GrantObject::Unix { path } => identity.network.push(NetRuleSpec {
@@ -269,6 +272,7 @@ pub fn with_grants(identities: &[IdentitySpec], grants: &[Grant]) -> Vec<Identit
                 action: Verdict::Audit,
                 expires_at_boot_ns: expires,
                 grant: true,
+                from_delegator: false,
             }),
         }
     }

@@ -73,6 +73,11 @@ impl Names for Daemon {
         self.kernel.identity_name(id).map(str::to_string)
     }
 
+    fn chain(&self, id: u32) -> Option<String> {
+        let name = self.kernel.identity_name(id)?;
+        crate::policy::delegation::describe_chain(&self.policy.identities, name)
+    }
+
     fn rule(&self, id: u32) -> Option<(String, String)> {
         self.kernel.rule_info(id).map(|info| (info.id.clone(), info.description.clone()))
     }
@@ -92,6 +97,7 @@ pub struct LoadedPolicy {
 /// of the cgroup and its descendants). On error the policy in force stays.
 pub fn install(kernel: &mut RtidKernel, policy: &LoadedPolicy, grants: &[grants::Grant]) -> anyhow::Result<()> {
     let identities = grants::with_grants(&policy.identities, grants);
+    let identities = crate::policy::delegation::effective(&identities).map_err(|problem| anyhow::anyhow!(problem))?;
     let compiled = compile(&identities).map_err(|errors| {
         anyhow::anyhow!(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
     })?;

@@ -189,17 +189,26 @@ fn dispatch(daemon: &Shared, request: Request, caller_pid: u32) -> Response {
         }
         Request::Revoke { identity, kill } => match daemon.kernel.set_revoked(&identity, true) {
             Ok(()) => {
+                // Revoking a delegator revokes every identity delegated from it, at once.
+                let delegated = crate::policy::delegation::delegated_from(&daemon.policy.identities, &identity);
+                for name in &delegated {
+                    if let Err(failure) = daemon.kernel.set_revoked(name, true) {
+                        return error(format!("revoking {name} (delegated from {identity}): {failure}"));
+                    }
+                }
                 let mut killed = 0;
-                if kill {
-                    for pid in daemon.kernel.processes_of(&identity) {
+                let mut affected = delegated.clone();
+                affected.push(identity.clone());
+                for name in affected.iter().filter(|_| kill) {
+                    for pid in daemon.kernel.processes_of(name) {
                         // SAFETY: sends a signal; no memory is involved.
                         if unsafe { libc::kill(pid as i32, libc::SIGKILL) } == 0 {
                             killed += 1;
                         }
                     }
                 }
-                info!(identity, kill, killed, "identity revoked");
-                Response::Ok { message: format!("{identity} revoked; {killed} processes killed") }
+                info!(identity, kill, killed, delegated = ?delegated, "identity revoked");
+                Response::Ok { message: format!("{identity} revoked (with {} delegated); {killed} processes killed", delegated.len()) }
             }
             Err(failure) => error(failure.to_string()),
         },

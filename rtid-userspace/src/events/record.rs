@@ -24,6 +24,8 @@ pub struct EventRecord {
     pub process_key: String,
     pub identity_id: u32,
     pub identity: Option<String>,
+    /// `owner > delegator > ... > identity`.
+    pub delegation_chain: Option<String>,
     pub verdict: String,
     pub outcome: String,
     pub errno: i32,
@@ -46,6 +48,10 @@ pub trait Names {
     fn identity(&self, id: u32) -> Option<String>;
     /// (policy rule id, readable form)
     fn rule(&self, id: u32) -> Option<(String, String)>;
+    /// The delegation chain of an identity, owner first.
+    fn chain(&self, _id: u32) -> Option<String> {
+        None
+    }
 }
 
 impl EventRecord {
@@ -70,6 +76,7 @@ impl EventRecord {
             process_key: format!("{}:{}", event.tgid, event.process_start_ns),
             identity_id: event.identity,
             identity: names.identity(event.identity),
+            delegation_chain: names.chain(event.identity),
             verdict: Verdict::from_u8(event.verdict).name().into(),
             outcome: Outcome::from_u8(event.outcome).name().into(),
             errno: event.errno,

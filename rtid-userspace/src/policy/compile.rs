@@ -17,6 +17,9 @@ use super::model::{AuditLevel, IdentitySpec, Mode, NetTarget, PathPattern, PathR
 /// are at most PATH_KEY_BYTES + 1 long; v6 prefixes at most 128 bits).
 const GRANT_PATH_RANK: u16 = 0x4000;
 const GRANT_NET_RANK: u8 = 200;
+/// Restrictions inherited from a delegator outrank grants and own rules.
+const DELEGATOR_PATH_RANK: u16 = 0x6000;
+const DELEGATOR_NET_RANK: u8 = 230;
 
 /// A rule that cannot be compiled, naming the identity and rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -152,6 +155,7 @@ fn compile_identity(
                     action: rule.action,
                     expires_at_boot_ns: rule.expires_at_boot_ns,
                     grant: rule.grant,
+                    from_delegator: rule.from_delegator,
                 };
                 if let Err(problem) = add_path_rule(&as_path, rule_id, &mut unix, &mut EntryBuilder::default()) {
                     errors.push(rule_error(&rule.id, problem));
@@ -174,7 +178,7 @@ fn compile_identity(
                                 port_high: high,
                                 // Ranking only (the trie matched the address already):
                                 // a grant outranks any CIDR length.
-                                prefix_len: if rule.grant { GRANT_NET_RANK } else { bits },
+                                prefix_len: if rule.from_delegator { DELEGATOR_NET_RANK } else if rule.grant { GRANT_NET_RANK } else { bits },
                                 protocols: rule.protocols,
                                 verdict: rule.action as u8,
                                 expires_at_ns: rule.expires_at_boot_ns.unwrap_or(0),
@@ -270,7 +274,7 @@ fn add_path_rule(
     prefix: &mut EntryBuilder,
     suffix: &mut EntryBuilder,
 ) -> Result<(), String> {
-    let rank = if rule.grant { GRANT_PATH_RANK } else { 0 };
+    let rank = if rule.from_delegator { DELEGATOR_PATH_RANK } else if rule.grant { GRANT_PATH_RANK } else { 0 };
     let candidate = |match_len: usize| PathRule {
         rule_id,
         match_len: match_len as u16 + rank,

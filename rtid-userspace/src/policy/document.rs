@@ -377,7 +377,7 @@ fn check_path_rule(checker: &mut Checker, raw: &Spanned<RawPathRule>, field: &st
             }
         }
     }
-    Some(PathRuleSpec { id: id?, pattern: pattern?, access: bits, action: action?, expires_at_boot_ns: None, grant: false })
+    Some(PathRuleSpec { id: id?, pattern: pattern?, access: bits, action: action?, expires_at_boot_ns: None, grant: false, from_delegator: false })
 }
 
 fn check_net_rule(checker: &mut Checker, raw: &Spanned<RawNetRule>, field: &str, ids: &mut BTreeSet<String>) -> Option<NetRuleSpec> {
@@ -417,7 +417,7 @@ fn check_net_rule(checker: &mut Checker, raw: &Spanned<RawNetRule>, field: &str,
             other => checker.error(line_of(value), format!("{field}.protocol"), format!("{other:?}: expected tcp, udp or any")),
         }
     }
-    Some(NetRuleSpec { id: id?, target: target?, ports, protocols, action: action?, expires_at_boot_ns: None, grant: false })
+    Some(NetRuleSpec { id: id?, target: target?, ports, protocols, action: action?, expires_at_boot_ns: None, grant: false, from_delegator: false })
 }
 
 fn parse_cidr(text: &str) -> Option<(IpAddr, u8)> {

@@ -1,5 +1,6 @@
 //! Policy: the model, and its compilation into kernel map entries.
 pub mod compile;
+pub mod delegation;
 pub mod document;
 pub mod model;
 

@@ -115,15 +115,18 @@ pub struct PathRuleSpec {
     pub expires_at_boot_ns: Option<u64>,
     /// A just-in-time grant: outranks every policy rule on the same object.
     pub grant: bool,
+    /// A restriction inherited from the delegator: outranks the identity's
+    /// own rules and its grants (delegation only narrows).
+    pub from_delegator: bool,
 }
 
 impl PathRuleSpec {
     pub fn file(id: &str, pattern: PathPattern, action: Verdict) -> PathRuleSpec {
-        PathRuleSpec { id: id.into(), pattern, access: access::READ | access::WRITE, action, expires_at_boot_ns: None, grant: false }
+        PathRuleSpec { id: id.into(), pattern, access: access::READ | access::WRITE, action, expires_at_boot_ns: None, grant: false, from_delegator: false }
     }
 
     pub fn exec(id: &str, pattern: PathPattern, action: Verdict) -> PathRuleSpec {
-        PathRuleSpec { id: id.into(), pattern, access: access::EXEC, action, expires_at_boot_ns: None, grant: false }
+        PathRuleSpec { id: id.into(), pattern, access: access::EXEC, action, expires_at_boot_ns: None, grant: false, from_delegator: false }
     }
 }
 
@@ -149,6 +152,8 @@ pub struct NetRuleSpec {
     pub expires_at_boot_ns: Option<u64>,
     /// A just-in-time grant: outranks every policy rule on the same object.
     pub grant: bool,
+    /// A restriction inherited from the delegator (see `PathRuleSpec`).
+    pub from_delegator: bool,
 }
 
 impl NetRuleSpec {
@@ -161,6 +166,7 @@ impl NetRuleSpec {
             action,
             expires_at_boot_ns: None,
             grant: false,
+            from_delegator: false,
         }
     }
 
@@ -173,6 +179,7 @@ impl NetRuleSpec {
             action,
             expires_at_boot_ns: None,
             grant: false,
+            from_delegator: false,
         }
     }
 }
