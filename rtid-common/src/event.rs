@@ -19,6 +19,8 @@ pub enum EventKind {
     IdentityChange = 7,
     /// A tagged process tried to touch the monitor itself (the bpf() syscall).
     Tamper = 8,
+    /// An identity collected too many refusals and was revoked (or killed) by the kernel.
+    Quarantine = 9,
 }
 
 impl EventKind {
@@ -32,6 +34,7 @@ impl EventKind {
             6 => EventKind::Exit,
             7 => EventKind::IdentityChange,
             8 => EventKind::Tamper,
+            9 => EventKind::Quarantine,
             _ => return None,
         })
     }
@@ -46,6 +49,7 @@ impl EventKind {
             EventKind::Exit => "exit",
             EventKind::IdentityChange => "identity_change",
             EventKind::Tamper => "tamper",
+            EventKind::Quarantine => "quarantine",
         }
     }
 }

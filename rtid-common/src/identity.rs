@@ -89,6 +89,22 @@ pub struct IdentityStatus {
     pub _pad: u32,
 }
 
+/// Value of `QUARANTINE`, keyed by identity id: after `after` refused actions
+/// within `window_ns`, the kernel revokes the identity (and, with
+/// `then_kill`, kills the acting process) on the spot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QuarantineState {
+    pub after: u32,
+    pub then_kill: u32,
+    pub window_ns: u64,
+    /// Refusals counted in the current window.
+    pub count: u32,
+    /// Non-zero once tripped (cleared by `rtid release`).
+    pub tripped: u32,
+    pub window_start_ns: u64,
+}
+
 /// Value of the single-entry `RUNTIME_STATE` array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -106,4 +122,4 @@ pub struct RuntimeState {
 }
 
 #[cfg(feature = "user")]
-crate::impl_pod!(ProcessIdentity, IdentityPolicyKey, IdentityPolicy, IdentityStatus, RuntimeState);
+crate::impl_pod!(ProcessIdentity, IdentityPolicyKey, IdentityPolicy, IdentityStatus, RuntimeState, QuarantineState);

@@ -13,7 +13,7 @@ use rtid_common::{access, counter, label_source, Backend, EventKind, ProcessIden
 use crate::{
     events::{emit, EventFacts, EventObject},
     identity::bound_cgroup_identity,
-    judge::{decide_path_action, active_policy, enforce, identity_of, Enforcement},
+    judge::{decide_path_action, active_policy, enforce_for, identity_of, Enforcement},
     kernel::{binprm_file, current_task, file_path, offsets_valid, process_start_ns, KernelPtr, ReadError},
     maps::{count, BACKEND_CONFIG, EXEC_SELECTORS, PROCESS_IDENTITY, RUNTIME_STATE},
     path::{build_keys, resolve, scratch},
@@ -92,7 +92,7 @@ pub fn judge_exec(process: &ProcessIdentity, bprm: KernelPtr, backend: Backend) 
 
     let active = active_policy(process.identity);
     let decision = decide_path_action(process, &active, scratch, &resolved, access::EXEC, active.policy.default_exec);
-    let enforcement = enforce(&decision, &active.policy, backend == Backend::Lsm);
+    let enforcement = enforce_for(process.identity, &decision, &active, backend == Backend::Lsm, backend);
     let facts = EventFacts {
         kind: EventKind::Exec,
         backend,

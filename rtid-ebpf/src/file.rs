@@ -12,7 +12,7 @@ use rtid_common::{access, counter, Backend, EventKind, ProcessIdentity, FMODE_RE
 
 use crate::{
     events::{emit, EventFacts, EventObject},
-    judge::{decide_path_action, active_policy, enforce, identity_of, should_report, Enforcement},
+    judge::{decide_path_action, active_policy, enforce_for, identity_of, should_report, Enforcement},
     kernel::{current_task, file_mode, file_of_fd, file_path, offsets_valid, KernelPtr, ReadError},
     maps::{count, BACKEND_CONFIG},
     path::{resolve, scratch},
@@ -81,7 +81,7 @@ pub fn judge_file(process: &ProcessIdentity, file: KernelPtr, backend: Backend) 
 
     let active = active_policy(process.identity);
     let decision = decide_path_action(process, &active, scratch, &resolved, requested, active.policy.default_file);
-    let enforcement = enforce(&decision, &active.policy, backend == Backend::Lsm);
+    let enforcement = enforce_for(process.identity, &decision, &active, backend == Backend::Lsm, backend);
     if should_report(&decision, &active.policy) {
         let facts = EventFacts {
             kind: EventKind::FileOpen,

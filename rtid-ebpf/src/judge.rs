@@ -5,7 +5,7 @@
 use aya_ebpf::helpers::bpf_ktime_get_boot_ns;
 use rtid_common::{
     access, decide_address, decide_path, event_flags, mode, select_path_rule,
-    DecisionSource, IdentityId, IdentityPolicy, IdentityPolicyKey, NetKey, Outcome, PathKey,
+    DecisionSource, IdentityId, IdentityPolicy, IdentityPolicyKey, IdentityStatus, NetKey, Outcome, PathKey,
     ProcessIdentity, RuleMatch, Verdict, EACCES, EPERM,
 };
 use aya_ebpf::maps::lpm_trie::Key;
@@ -253,6 +253,61 @@ fn choose_enforcement(decision: &Decision, policy: &IdentityPolicy, can_refuse: 
             }
         }
     }
+}
+
+/// Enforcement plus quarantine: a refused action counts against the
+/// identity's quarantine threshold; crossing it revokes the identity at once,
+/// in the kernel (and kills the actor when the policy says so), and reports it.
+#[inline(always)]
+pub fn enforce_for(identity: IdentityId, decision: &Decision, active: &ActivePolicy, can_refuse: bool, backend: rtid_common::Backend) -> Enforcement {
+    let mut enforcement = enforce(decision, &active.policy, can_refuse);
+    let refused = matches!(enforcement.outcome, Outcome::Blocked | Outcome::Killed | Outcome::FlaggedInstead);
+    if refused && decision.source != DecisionSource::IdentityRevoked {
+        if let Some(then_kill) = note_refusal(identity, active.now_ns) {
+            enforcement.kill |= then_kill;
+            report_quarantine(identity, active, backend);
+        }
+    }
+    enforcement
+}
+
+/// Counts a refusal; returns `Some(then_kill)` when this one trips the quarantine.
+#[inline(always)]
+fn note_refusal(identity: IdentityId, now_ns: u64) -> Option<bool> {
+    let state = crate::maps::QUARANTINE.get_ptr_mut(&identity)?;
+    // SAFETY: a valid map value pointer; concurrent updates from other CPUs
+    // can only lose a count, never corrupt memory.
+    let state = unsafe { &mut *state };
+    if state.tripped != 0 || state.after == 0 {
+        return None;
+    }
+    if now_ns.saturating_sub(state.window_start_ns) > state.window_ns {
+        state.window_start_ns = now_ns;
+        state.count = 0;
+    }
+    state.count += 1;
+    if state.count < state.after {
+        return None;
+    }
+    state.tripped = 1;
+    let revoked = IdentityStatus { revoked: 1, ..unsafe { IDENTITY_STATUS.get(&identity) }.copied().unwrap_or_default() };
+    let _ = IDENTITY_STATUS.insert(&identity, &revoked, 0);
+    Some(state.then_kill != 0)
+}
+
+#[inline(always)]
+fn report_quarantine(identity: IdentityId, active: &ActivePolicy, backend: rtid_common::Backend) {
+    let facts = crate::events::EventFacts {
+        kind: rtid_common::EventKind::Quarantine,
+        backend,
+        identity,
+        generation: active.generation,
+        access: 0,
+        related_tgid: 0,
+    };
+    let decision = Decision { verdict: Verdict::Deny, source: DecisionSource::IdentityRevoked, rule_id: 0 };
+    let enforcement = Enforcement { outcome: Outcome::Allowed, errno: 0, kill: false, flags: 0 };
+    crate::events::emit(&facts, &decision, &enforcement, crate::events::EventObject::None);
 }
 
 /// Whether an event is sent: every verdict other than a plain allow, and

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use rtid_common::{
     counter, BackendConfig, IdentityId, IdentityPolicy, IdentityPolicyKey, IdentityStatus,
-    KernelOffsets, NetKey, NetRuleList, PathKey, PathRuleList, ProcessIdentity, RuntimeState,
+    KernelOffsets, NetKey, NetRuleList, PathKey, PathRuleList, ProcessIdentity, QuarantineState, RuntimeState,
 };
 
 use crate::path::PathScratch;
@@ -33,6 +33,10 @@ pub static IDENTITY_POLICY: HashMap<IdentityPolicyKey, IdentityPolicy> =
 /// Per-identity expiry and revocation.
 #[map]
 pub static IDENTITY_STATUS: HashMap<IdentityId, IdentityStatus> = HashMap::with_max_entries(MAX_IDENTITIES, 0);
+
+/// Per-identity quarantine thresholds and counters.
+#[map]
+pub static QUARANTINE: HashMap<IdentityId, QuarantineState> = HashMap::with_max_entries(rtid_common::limits::MAX_QUARANTINES, 0);
 
 /// Active policy slot and generation.
 #[map]

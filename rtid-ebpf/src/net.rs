@@ -24,7 +24,7 @@ use rtid_common::{
 
 use crate::{
     events::{emit, EventFacts, EventObject, UNIX_PATH_BYTES},
-    judge::{settle_decision, active_policy, enforce, identity_of, judge_address, judge_unix, should_report, status_override, Enforcement},
+    judge::{settle_decision, active_policy, enforce_for, identity_of, judge_address, judge_unix, should_report, status_override, Enforcement},
     kernel::ReadError,
     maps::{count, BACKEND_CONFIG},
     path::{opaque, scratch, PathScratch},
@@ -101,7 +101,7 @@ pub fn judge_inet(process: &ProcessIdentity, object: &NetObject, kind: EventKind
             judge_address(&key, object.port, object.protocol, active.policy.default_network, active.now_ns)
         }
     });
-    let enforcement = enforce(&decision, &active.policy, true);
+    let enforcement = enforce_for(process.identity, &decision, &active, true, backend);
     if should_report(&decision, &active.policy) {
         let mut facts = net_facts(kind, process, active.generation);
         facts.backend = backend;
@@ -229,7 +229,7 @@ pub fn judge_unix_path(
             judge_unix(&scratch.prefix_key, active.policy.default_network, active.now_ns)
         }
     });
-    let enforcement = enforce(&decision, &active.policy, backend == Backend::Lsm);
+    let enforcement = enforce_for(process.identity, &decision, &active, backend == Backend::Lsm, backend);
     if should_report(&decision, &active.policy) {
         let mut facts = net_facts(kind, process, active.generation);
         facts.backend = backend;

@@ -222,3 +222,30 @@ fn an_agent_cannot_use_the_bpf_syscall() {
     let untagged = harness.probe_untagged(&["bpf"]);
     assert!(untagged.succeeded(), "root without an identity may: {untagged:?}");
 }
+
+#[test]
+fn five_refusals_within_the_window_quarantine_the_identity_in_the_kernel() {
+    let denied = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let denied_port = denied.local_addr().unwrap().port();
+    let open = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let open_addr = open.local_addr().unwrap().to_string();
+    let mut spec = IdentitySpec::new("agent");
+    spec.network = vec![NetRuleSpec::cidr("no", "127.0.0.1".parse().unwrap(), 32, vec![(denied_port, denied_port)], Verdict::Deny)];
+    spec.quarantine = Some(rtid_userspace::policy::Quarantine { after: 5, within: Duration::from_secs(60), kill: false });
+    let mut harness = Harness::start(vec![spec]);
+    let denied_addr = format!("127.0.0.1:{denied_port}");
+    let mut args = vec!["connect-each", open_addr.as_str()];
+    args.extend(std::iter::repeat_n(denied_addr.as_str(), 5));
+    args.push(open_addr.as_str());
+    let run = harness.probe_as("agent", &args);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.first().copied(), Some("ok connected"), "allowed before: {run:?}");
+    assert_eq!(&lines[1..6], &["err 1"; 5], "{run:?}");
+    assert_eq!(lines.get(6).copied(), Some("err 1"), "the sixth action, allowed before, is refused: {run:?}");
+    let event = harness.expect_event("quarantine", |e| e.kind == EventKind::Quarantine as u8 && e.tgid == run.pid);
+    assert_eq!(event.identity, harness.identity_id("agent"));
+    // Release lifts it.
+    harness.kernel.set_revoked("agent", false).unwrap();
+    let after = harness.probe_as("agent", &["connect", &open_addr]);
+    assert!(after.succeeded(), "{after:?}");
+}

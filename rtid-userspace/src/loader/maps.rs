@@ -7,7 +7,7 @@ use aya::{
     Ebpf, Pod,
 };
 use rtid_common::{
-    counter, BackendConfig, IdentityId, IdentityPolicy, IdentityPolicyKey, IdentityStatus, NetKey, NetRuleList, PathKey,
+    counter, BackendConfig, IdentityId, QuarantineState, IdentityPolicy, IdentityPolicyKey, IdentityStatus, NetKey, NetRuleList, PathKey,
     PathRuleList, ProcessIdentity, RuntimeState, PATH_KEY_BYTES, RULESET_PREFIX_BITS,
 };
 
@@ -46,6 +46,7 @@ pub struct KernelMaps {
     unix_rules: LpmTrie<MapData, PathKey, PathRuleList>,
     net_rules: LpmTrie<MapData, NetKey, NetRuleList>,
     exec_selectors: LpmTrie<MapData, PathKey, IdentityId>,
+    quarantine: HashMap<MapData, IdentityId, QuarantineState>,
     counters: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
     installed: InstalledEntries,
@@ -90,6 +91,7 @@ impl KernelMaps {
             unix_rules: take(ebpf, "UNIX_RULES")?,
             net_rules: take(ebpf, "NET_RULES")?,
             exec_selectors: take(ebpf, "EXEC_SELECTORS")?,
+            quarantine: take(ebpf, "QUARANTINE")?,
             counters: take(ebpf, "COUNTERS")?,
             events: Some(take(ebpf, "EVENTS")?),
             installed: InstalledEntries::default(),
@@ -131,6 +133,7 @@ impl KernelMaps {
             unix_rules: typed("UNIX_RULES", open("UNIX_RULES")?)?,
             net_rules: typed("NET_RULES", open("NET_RULES")?)?,
             exec_selectors: typed("EXEC_SELECTORS", open("EXEC_SELECTORS")?)?,
+            quarantine: typed("QUARANTINE", open("QUARANTINE")?)?,
             counters: typed("COUNTERS", open("COUNTERS")?)?,
             events: Some(typed("EVENTS", open("EVENTS")?)?),
             installed: InstalledEntries::default(),
@@ -224,6 +227,21 @@ impl KernelMaps {
 
     pub fn set_status(&mut self, identity: IdentityId, status: IdentityStatus) -> Result<(), LoadError> {
         self.identity_status.insert(&identity, &status, 0).map_err(map_error("IDENTITY_STATUS"))
+    }
+
+    /// Sets (or clears, with `None`) an identity's quarantine, resetting its count.
+    pub fn set_quarantine(&mut self, identity: IdentityId, quarantine: Option<QuarantineState>) -> Result<(), LoadError> {
+        match quarantine {
+            Some(state) => self.quarantine.insert(&identity, &state, 0).map_err(map_error("QUARANTINE")),
+            None => match self.quarantine.remove(&identity) {
+                Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+                Err(error) => Err(map_error("QUARANTINE")(error)),
+            },
+        }
+    }
+
+    pub fn quarantine(&self, identity: IdentityId) -> Option<QuarantineState> {
+        self.quarantine.get(&identity, 0).ok()
     }
 
     /// Replaces the exec selectors: exact binary paths to identities.

@@ -270,6 +270,19 @@ impl RtidKernel {
             }
         }
         self.maps.install(&policy, &self.identity_ids)?;
+        // Quarantine thresholds: a tripped quarantine stays tripped across
+        // reloads (only `release` lifts it); counts restart otherwise.
+        for identity in &policy.identities {
+            let id = self.identity_ids[&identity.spec.name];
+            let state = identity.spec.quarantine.map(|quarantine| rtid_common::QuarantineState {
+                after: quarantine.after,
+                then_kill: quarantine.kill as u32,
+                window_ns: quarantine.within.as_nanos() as u64,
+                tripped: self.maps.quarantine(id).map_or(0, |current| current.tripped),
+                ..Default::default()
+            });
+            self.maps.set_quarantine(id, state)?;
+        }
         self.policy = policy;
         Ok(())
     }
@@ -370,9 +383,17 @@ impl RtidKernel {
         explain::explain(self, identity, action)
     }
 
-    /// Revokes (or restores) an identity: one map write, effective on the next call.
+    /// Revokes (or restores) an identity: one map write, effective on the next
+    /// call. Restoring also lifts a tripped quarantine.
     pub fn set_revoked(&mut self, identity: &str, revoked: bool) -> Result<(), LoadError> {
         let id = self.identity_id(identity).ok_or_else(|| LoadError::UnknownIdentity(identity.into()))?;
+        if !revoked {
+            if let Some(mut quarantine) = self.maps.quarantine(id) {
+                quarantine.tripped = 0;
+                quarantine.count = 0;
+                self.maps.set_quarantine(id, Some(quarantine))?;
+            }
+        }
         let status = IdentityStatus { revoked: revoked as u32, ..self.maps.status(id)? };
         self.maps.set_status(id, status)
     }

@@ -97,12 +97,21 @@ struct RawIdentity {
     audit: Option<Spanned<String>>,
     file_deny_fallback: Option<Spanned<String>>,
     defaults: Option<RawDefaults>,
+    quarantine: Option<Spanned<RawQuarantine>>,
     #[serde(default)]
     files: Vec<Spanned<RawPathRule>>,
     #[serde(default)]
     network: Vec<Spanned<RawNetRule>>,
     #[serde(default)]
     exec: Vec<Spanned<RawPathRule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuarantine {
+    after: u32,
+    within: String,
+    then: String,
 }
 
 #[derive(Deserialize)]
@@ -301,6 +310,27 @@ fn check_identity(checker: &mut Checker, raw: &RawIdentity, field: &str) -> Opti
                 }
         }
         spec.defaults = resolved;
+    }
+    if let Some(quarantine) = &raw.quarantine {
+        let line = line_of(quarantine);
+        let within = humantime::parse_duration(&quarantine.value.within).ok().filter(|d| !d.is_zero());
+        let kill = match quarantine.value.then.as_str() {
+            "revoke" => Some(false),
+            "kill" => Some(true),
+            other => {
+                checker.error(line, format!("{field}.quarantine.then"), format!("{other:?}: expected revoke or kill"));
+                None
+            }
+        };
+        if within.is_none() {
+            checker.error(line, format!("{field}.quarantine.within"), format!("{:?} is not a duration (e.g. 60s)", quarantine.value.within));
+        }
+        if quarantine.value.after == 0 {
+            checker.error(line, format!("{field}.quarantine.after"), "must be at least 1");
+        }
+        if let (Some(within), Some(kill)) = (within, kill) {
+            spec.quarantine = Some(super::model::Quarantine { after: quarantine.value.after, within, kill });
+        }
     }
     let mut ids = BTreeSet::new();
     for (index, rule) in raw.files.iter().enumerate() {

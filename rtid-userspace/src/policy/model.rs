@@ -37,6 +37,15 @@ impl Default for Defaults {
     }
 }
 
+/// Quarantine: after `after` refused actions within `within`, the kernel
+/// revokes the identity (and with `kill`, kills the process that tripped it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quarantine {
+    pub after: u32,
+    pub within: Duration,
+    pub kill: bool,
+}
+
 /// One identity and everything that decides its actions.
 #[derive(Clone, Debug, PartialEq)]
 pub struct IdentitySpec {
@@ -53,6 +62,7 @@ pub struct IdentitySpec {
     /// What a file `deny` (or `step_up`) becomes where opens cannot be refused: Kill or Flag.
     pub file_deny_fallback: Verdict,
     pub defaults: Defaults,
+    pub quarantine: Option<Quarantine>,
     pub files: Vec<PathRuleSpec>,
     pub exec: Vec<PathRuleSpec>,
     pub network: Vec<NetRuleSpec>,
@@ -72,6 +82,7 @@ impl IdentitySpec {
             on_expiry: Verdict::Deny,
             file_deny_fallback: Verdict::Kill,
             defaults: Defaults::default(),
+            quarantine: None,
             files: Vec::new(),
             exec: Vec::new(),
             network: Vec::new(),

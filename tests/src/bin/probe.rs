@@ -75,6 +75,16 @@ fn main() {
             report(handle.join().unwrap_or_else(|_| Err(std::io::Error::from_raw_os_error(libc::EIO))))
         }
         "connect" => report(connect(&arg(1))),
+        // Connects to each address in turn, one result line each.
+        "connect-each" => {
+            for addr in &args[1..] {
+                match connect(addr) {
+                    Ok(detail) => println!("ok {detail}"),
+                    Err(error) => println!("err {}", error.raw_os_error().unwrap_or(-1)),
+                }
+            }
+            exit(0)
+        }
         // Opens PATH N times: floods the event ring for an identity that audits everything.
         "open-many" => {
             let count: usize = arg(1).parse().unwrap_or(0);
