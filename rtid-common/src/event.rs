@@ -19,8 +19,6 @@ pub enum EventKind {
     IdentityChange = 7,
     /// A tagged process tried to touch the monitor itself (the bpf() syscall).
     Tamper = 8,
-    /// An identity collected too many refusals and was revoked (or killed) by the kernel.
-    Quarantine = 9,
 }
 
 impl EventKind {
@@ -34,7 +32,6 @@ impl EventKind {
             6 => EventKind::Exit,
             7 => EventKind::IdentityChange,
             8 => EventKind::Tamper,
-            9 => EventKind::Quarantine,
             _ => return None,
         })
     }
@@ -49,7 +46,7 @@ impl EventKind {
             EventKind::Exit => "exit",
             EventKind::IdentityChange => "identity_change",
             EventKind::Tamper => "tamper",
-            EventKind::Quarantine => "quarantine",
+
         }
     }
 }
@@ -64,6 +61,8 @@ pub mod event_flags {
     pub const UNIX_SOCKET: u16 = 1 << 2;
     /// The verdict was downgraded because this backend cannot refuse the call.
     pub const BACKEND_FALLBACK: u16 = 1 << 3;
+    /// This refusal tripped the identity's quarantine: the kernel revoked it (or killed the actor).
+    pub const QUARANTINE_TRIPPED: u16 = 1 << 4;
 }
 
 /// Address families in `NetObject::family`.

@@ -92,7 +92,7 @@ pub fn judge_exec(process: &ProcessIdentity, bprm: KernelPtr, backend: Backend) 
 
     let active = active_policy(process.identity);
     let decision = decide_path_action(process, &active, scratch, &resolved, access::EXEC, active.policy.default_exec);
-    let enforcement = enforce_for(process.identity, &decision, &active, backend == Backend::Lsm, backend);
+    let enforcement = enforce_for(process.identity, &decision, &active, backend == Backend::Lsm);
     let facts = EventFacts {
         kind: EventKind::Exec,
         backend,

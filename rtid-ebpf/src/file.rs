@@ -81,7 +81,7 @@ pub fn judge_file(process: &ProcessIdentity, file: KernelPtr, backend: Backend) 
 
     let active = active_policy(process.identity);
     let decision = decide_path_action(process, &active, scratch, &resolved, requested, active.policy.default_file);
-    let enforcement = enforce_for(process.identity, &decision, &active, backend == Backend::Lsm, backend);
+    let enforcement = enforce_for(process.identity, &decision, &active, backend == Backend::Lsm);
     if should_report(&decision, &active.policy) {
         let facts = EventFacts {
             kind: EventKind::FileOpen,

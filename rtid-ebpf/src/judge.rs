@@ -257,18 +257,20 @@ fn choose_enforcement(decision: &Decision, policy: &IdentityPolicy, can_refuse: 
 
 /// Enforcement plus quarantine: a refused action counts against the
 /// identity's quarantine threshold; crossing it revokes the identity at once,
-/// in the kernel (and kills the actor when the policy says so), and reports it.
+/// in the kernel (and kills the actor when the policy says so). The event of
+/// the action that tripped it carries `QUARANTINE_TRIPPED` (no second event:
+/// each emit site costs verifier budget on older kernels).
 #[inline(always)]
-pub fn enforce_for(identity: IdentityId, decision: &Decision, active: &ActivePolicy, can_refuse: bool, backend: rtid_common::Backend) -> Enforcement {
+pub fn enforce_for(identity: IdentityId, decision: &Decision, active: &ActivePolicy, can_refuse: bool) -> Enforcement {
     let mut enforcement = enforce(decision, &active.policy, can_refuse);
     let refused = matches!(enforcement.outcome, Outcome::Blocked | Outcome::Killed | Outcome::FlaggedInstead);
     if refused && decision.source != DecisionSource::IdentityRevoked {
         if let Some(then_kill) = note_refusal(identity, active.now_ns) {
             enforcement.kill |= then_kill;
-            report_quarantine(identity, active, backend);
+            enforcement.flags |= event_flags::QUARANTINE_TRIPPED;
         }
     }
-    enforcement
+    settle_enforcement(enforcement)
 }
 
 /// Counts a refusal; returns `Some(then_kill)` when this one trips the quarantine.
@@ -290,24 +292,10 @@ fn note_refusal(identity: IdentityId, now_ns: u64) -> Option<bool> {
         return None;
     }
     state.tripped = 1;
+    // SAFETY: copied out at once (see identity_of).
     let revoked = IdentityStatus { revoked: 1, ..unsafe { IDENTITY_STATUS.get(&identity) }.copied().unwrap_or_default() };
     let _ = IDENTITY_STATUS.insert(&identity, &revoked, 0);
     Some(state.then_kill != 0)
-}
-
-#[inline(always)]
-fn report_quarantine(identity: IdentityId, active: &ActivePolicy, backend: rtid_common::Backend) {
-    let facts = crate::events::EventFacts {
-        kind: rtid_common::EventKind::Quarantine,
-        backend,
-        identity,
-        generation: active.generation,
-        access: 0,
-        related_tgid: 0,
-    };
-    let decision = Decision { verdict: Verdict::Deny, source: DecisionSource::IdentityRevoked, rule_id: 0 };
-    let enforcement = Enforcement { outcome: Outcome::Allowed, errno: 0, kill: false, flags: 0 };
-    crate::events::emit(&facts, &decision, &enforcement, crate::events::EventObject::None);
 }
 
 /// Whether an event is sent: every verdict other than a plain allow, and

@@ -101,7 +101,7 @@ pub fn judge_inet(process: &ProcessIdentity, object: &NetObject, kind: EventKind
             judge_address(&key, object.port, object.protocol, active.policy.default_network, active.now_ns)
         }
     });
-    let enforcement = enforce_for(process.identity, &decision, &active, true, backend);
+    let enforcement = enforce_for(process.identity, &decision, &active, true);
     if should_report(&decision, &active.policy) {
         let mut facts = net_facts(kind, process, active.generation);
         facts.backend = backend;
@@ -229,7 +229,7 @@ pub fn judge_unix_path(
             judge_unix(&scratch.prefix_key, active.policy.default_network, active.now_ns)
         }
     });
-    let enforcement = enforce_for(process.identity, &decision, &active, backend == Backend::Lsm, backend);
+    let enforcement = enforce_for(process.identity, &decision, &active, backend == Backend::Lsm);
     if should_report(&decision, &active.policy) {
         let mut facts = net_facts(kind, process, active.generation);
         facts.backend = backend;

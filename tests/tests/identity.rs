@@ -242,7 +242,7 @@ fn five_refusals_within_the_window_quarantine_the_identity_in_the_kernel() {
     assert_eq!(lines.first().copied(), Some("ok connected"), "allowed before: {run:?}");
     assert_eq!(&lines[1..6], &["err 1"; 5], "{run:?}");
     assert_eq!(lines.get(6).copied(), Some("err 1"), "the sixth action, allowed before, is refused: {run:?}");
-    let event = harness.expect_event("quarantine", |e| e.kind == EventKind::Quarantine as u8 && e.tgid == run.pid);
+    let event = harness.expect_event("quarantine", |e| e.flags & rtid_common::event_flags::QUARANTINE_TRIPPED != 0 && e.tgid == run.pid);
     assert_eq!(event.identity, harness.identity_id("agent"));
     // Release lifts it.
     harness.kernel.set_revoked("agent", false).unwrap();

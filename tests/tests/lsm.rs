@@ -28,7 +28,7 @@ fn lsm_backend() {
     let backends = harness.kernel.backends();
     assert_eq!((backends.file, backends.exec, backends.network), (Backend::Lsm, Backend::Lsm, Backend::Lsm));
 
-    let scenarios: [(&str, fn(&mut Harness)); 10] = [
+    let scenarios: [(&str, fn(&mut Harness)); 11] = [
         ("file deny reaches child, grandchild and thread", file_deny_lineage),
         ("file rule kinds and resolution", file_rule_kinds),
         ("exec deny and kill", exec_deny_and_kill),
@@ -39,6 +39,7 @@ fn lsm_backend() {
         ("rule and identity expiry", expiry),
         ("revocation", revocation),
         ("bpf() refused to agents", bpf_refused),
+        ("quarantine", quarantine),
     ];
     let mut failures = Vec::new();
     for (name, scenario) in scenarios {
@@ -306,4 +307,20 @@ fn bpf_refused(harness: &mut Harness) {
     assert_eq!(event.backend, Backend::Lsm as u8);
     let untagged = harness.probe_untagged(&["bpf"]);
     assert!(untagged.succeeded(), "{untagged:?}");
+}
+
+fn quarantine(harness: &mut Harness) {
+    let denied = TcpListener::bind("127.0.0.1:0").unwrap();
+    let denied_port = denied.local_addr().unwrap().port();
+    let open = TcpListener::bind("127.0.0.1:0").unwrap();
+    let open_addr = open.local_addr().unwrap().to_string();
+    let mut spec = IdentitySpec::new("agent");
+    spec.network = vec![NetRuleSpec::cidr("no", "127.0.0.1".parse().unwrap(), 32, vec![(denied_port, denied_port)], Verdict::Deny)];
+    spec.quarantine = Some(rtid_userspace::policy::Quarantine { after: 3, within: Duration::from_secs(60), kill: false });
+    harness.install(vec![spec]);
+    let denied_addr = format!("127.0.0.1:{denied_port}");
+    let run = harness.probe_as("agent", &["connect-each", &open_addr, &denied_addr, &denied_addr, &denied_addr, &open_addr]);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines, vec!["ok connected", "err 1", "err 1", "err 1", "err 1"], "the fourth connect, allowed before, is refused: {run:?}");
+    harness.kernel.set_revoked("agent", false).unwrap();
 }

@@ -125,6 +125,7 @@ fn flag_names(flags: u16) -> Vec<String> {
         (event_flags::AUDIT_MODE, "audit_mode"),
         (event_flags::UNIX_SOCKET, "unix_socket"),
         (event_flags::BACKEND_FALLBACK, "backend_fallback"),
+        (event_flags::QUARANTINE_TRIPPED, "quarantine_tripped"),
     ]
     .iter()
     .filter(|(bit, _)| flags & bit != 0)

@@ -211,6 +211,9 @@ impl KernelMaps {
     }
 
     pub fn remove_process(&mut self, pid: u32) -> Result<(), LoadError> {
+        if self.process(pid)?.is_none() {
+            return Ok(());
+        }
         match self.process_identity.remove(&pid) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(error) => Err(map_error("PROCESS_IDENTITY")(error)),
@@ -233,10 +236,9 @@ impl KernelMaps {
     pub fn set_quarantine(&mut self, identity: IdentityId, quarantine: Option<QuarantineState>) -> Result<(), LoadError> {
         match quarantine {
             Some(state) => self.quarantine.insert(&identity, &state, 0).map_err(map_error("QUARANTINE")),
-            None => match self.quarantine.remove(&identity) {
-                Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-                Err(error) => Err(map_error("QUARANTINE")(error)),
-            },
+            // Deleting a missing key fails with ENOENT, reported differently by kernel version.
+            None if self.quarantine(identity).is_none() => Ok(()),
+            None => self.quarantine.remove(&identity).map_err(map_error("QUARANTINE")),
         }
     }
 
