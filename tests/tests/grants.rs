@@ -50,6 +50,10 @@ fn a_grant_allows_for_its_ttl_and_names_itself_in_events() {
 
     // Denied (flagged instead on this backend): the event says deny by rule secret.
     assert!(open(&daemon).contains("ok KEY"));
+    let too_long = daemon.cli(&["grant", "coder", "--open", &secret, "--ttl", "48h"]);
+    assert!(text(&too_long).contains("longer than the maximum"), "{}", text(&too_long));
+    let missing_ttl = daemon.cli(&["grant", "coder", "--open", &secret]);
+    assert_ne!(missing_ttl.status.code(), Some(0), "a TTL is required");
     let granted = daemon.cli(&["grant", "coder", "--open", &secret, "--ttl", "2s", "--reason", "ticket 42"]);
     assert!(text(&granted).contains("granted"), "{}", text(&granted));
     let grant_id = text(&granted).split_whitespace().next().unwrap().to_string();

@@ -147,6 +147,9 @@ struct DaemonArgs {
     /// (http://host:port/path; retried, with a timeout).
     #[arg(long)]
     approval_webhook: Option<String>,
+    /// Longest TTL a grant or approval may have.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    max_grant_ttl: std::time::Duration,
     /// Log format: text or json.
     #[arg(long, default_value = "text")]
     log_format: String,
@@ -284,6 +287,7 @@ fn run_daemon(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<ExitCode> {
         events_to_stdout: args.events_stdout,
         approval_timeout: args.approval_timeout,
         webhook: args.approval_webhook,
+        max_grant_ttl: args.max_grant_ttl,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(daemon::run(options))?;

@@ -14,8 +14,8 @@ use crate::{
 
 /// How long an approval request waits for an answer, unless configured.
 pub const DEFAULT_REQUEST_LIFETIME: Duration = Duration::from_secs(15 * 60);
-/// Longest grant the daemon hands out.
-pub const MAX_GRANT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Longest grant the daemon hands out, unless configured.
+pub const DEFAULT_MAX_GRANT_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// What a grant allows.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +81,7 @@ pub struct ApprovalRequest {
 /// Grants and requests, owned by the daemon.
 pub struct Ledger {
     request_lifetime: Duration,
+    max_grant_ttl: Duration,
     grants: Vec<Grant>,
     requests: BTreeMap<u64, ApprovalRequest>,
     next_grant: u64,
@@ -88,8 +89,8 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    pub fn new(request_lifetime: Duration) -> Ledger {
-        Ledger { request_lifetime, grants: Vec::new(), requests: BTreeMap::new(), next_grant: 0, next_request: 0 }
+    pub fn new(request_lifetime: Duration, max_grant_ttl: Duration) -> Ledger {
+        Ledger { request_lifetime, max_grant_ttl, grants: Vec::new(), requests: BTreeMap::new(), next_grant: 0, next_request: 0 }
     }
 
     pub fn live(&self) -> &[Grant] {
@@ -111,8 +112,12 @@ impl Ledger {
         if ttl.is_zero() {
             return Err("a grant needs a TTL".into());
         }
-        if ttl > MAX_GRANT_TTL {
-            return Err(format!("TTL {ttl:?} is longer than the maximum {MAX_GRANT_TTL:?}"));
+        if ttl > self.max_grant_ttl {
+            return Err(format!(
+                "TTL {} is longer than the maximum {} (daemon --max-grant-ttl)",
+                humantime::format_duration(ttl),
+                humantime::format_duration(self.max_grant_ttl)
+            ));
         }
         self.next_grant += 1;
         let grant = Grant {

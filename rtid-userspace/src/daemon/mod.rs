@@ -42,6 +42,8 @@ pub struct DaemonOptions {
     pub approval_timeout: std::time::Duration,
     /// Approvers are told of each new request by an HTTP POST here.
     pub webhook: Option<String>,
+    /// Longest grant (or approval) TTL accepted.
+    pub max_grant_ttl: std::time::Duration,
 }
 
 /// What a labeled process was given, for `rtid ps`.
@@ -169,7 +171,7 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     let daemon = Arc::new(Mutex::new(Daemon {
         kernel,
         policy,
-        grants: grants::Ledger::new(options.approval_timeout),
+        grants: grants::Ledger::new(options.approval_timeout, options.max_grant_ttl),
         labels,
         started,
         events_seen: 0,
@@ -225,6 +227,20 @@ fn reload(daemon: &Shared) {
     }
 }
 
+/// The kernel revoked the identity (and killed the actor if so configured);
+/// with `then: kill`, the identity's other processes are killed here too.
+fn quarantine_tripped(daemon: &Daemon, record: &EventRecord) {
+    let Some(name) = record.identity.as_deref() else { return };
+    let kill = daemon.kernel.policy().identity(name).and_then(|identity| identity.spec.quarantine).is_some_and(|q| q.kill);
+    warn!(identity = name, pid = record.tgid, kill, "quarantine tripped: identity revoked by the kernel");
+    if kill {
+        for pid in daemon.kernel.processes_of(name) {
+            // SAFETY: sends a signal; no memory is involved.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
 /// Moves events from the kernel ring to subscribers (and stdout), naming identities and rules.
 async fn pump_events(reader: EventReader, daemon: Shared, events: broadcast::Sender<EventRecord>) {
     // SAFETY: the AsyncFd owns the reader, whose ring map descriptor stays
@@ -250,6 +266,9 @@ async fn pump_events(reader: EventReader, daemon: Shared, events: broadcast::Sen
                 daemon.labels.remove(&event.tgid);
             }
             let record = EventRecord::from_event(event, &*daemon);
+            if record.flags.iter().any(|flag| flag == "quarantine_tripped") {
+                quarantine_tripped(&daemon, &record);
+            }
             if record.verdict == "step_up" {
                 let now = crate::loader::boot_time_ns();
                 let owner = daemon.kernel.policy().identity(record.identity.as_deref().unwrap_or("")).and_then(|i| i.spec.owner.clone());
