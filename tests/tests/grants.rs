@@ -242,3 +242,25 @@ fn delegation_only_narrows_and_revoking_the_delegator_revokes_the_delegate() {
     let after = daemon.cli(&["run", "--identity", "coder", "--", "/bin/true"]);
     assert_eq!(after.status.code(), Some(128 + 9), "the delegate is revoked with its delegator: {}", text(&after));
 }
+
+#[test]
+fn run_delegated_by_narrows_a_launch_to_what_the_delegator_allows() {
+    let scratch = TestDir::new("run-delegation-data");
+    let secret = scratch.file("secret/key", "KEY");
+    let secret_dir = scratch.0.join("secret").display().to_string();
+    let policy = write_policy(
+        &scratch,
+        "policy.yaml",
+        &format!(
+            "apiVersion: rtid.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: d\nspec:\n  identities:\n    - name: planner\n      owner: alice@example.com\n      files:\n        - {{ id: secret, path: {secret_dir}/, action: deny }}\n    - name: coder\n"
+        ),
+    );
+    let daemon = Daemon::start("run-delegation", vec![policy]);
+    let probe = probe_path().display().to_string();
+    let alone = daemon.cli(&["run", "--identity", "coder", "--", &probe, "open", &secret]);
+    assert!(text(&alone).contains("ok KEY"), "coder alone may: {}", text(&alone));
+    let delegated = daemon.cli(&["run", "--identity", "coder", "--delegated-by", "planner", "--", &probe, "open", &secret]);
+    assert!(!text(&delegated).contains("KEY"), "delegated from planner it may not: {}", text(&delegated));
+    let revoked = daemon.cli(&["revoke", "planner"]);
+    assert!(text(&revoked).contains("with 1 delegated"), "{}", text(&revoked));
+}

@@ -36,6 +36,9 @@ pub enum Request {
         /// Expire the identity this many seconds from now, if sooner than its current expiry.
         #[serde(default)]
         ttl_seconds: Option<u64>,
+        /// Run as `identity` delegated from this identity (authority only narrows).
+        #[serde(default)]
+        delegated_by: Option<String>,
     },
     Unlabel { pid: u32 },
     Status,

@@ -50,6 +50,9 @@ enum Command {
         /// Expire the identity this long from now (e.g. 30m), if sooner than its current expiry.
         #[arg(long, value_parser = humantime::parse_duration)]
         ttl: Option<std::time::Duration>,
+        /// Run as IDENTITY delegated from this identity: only what both allow.
+        #[arg(long)]
+        delegated_by: Option<String>,
         /// Command and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -237,8 +240,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let json = cli.json;
     match cli.command {
         Command::Daemon(args) => run_daemon(args, socket),
-        Command::Run { identity, owner, purpose, ttl, command } => {
-            let request = Request::LabelChild { pid: 0, identity, owner, purpose, ttl_seconds: ttl.map(|ttl| ttl.as_secs().max(1)) };
+        Command::Run { identity, owner, purpose, ttl, delegated_by, command } => {
+            let request = Request::LabelChild {
+                pid: 0,
+                identity,
+                owner,
+                purpose,
+                ttl_seconds: ttl.map(|ttl| ttl.as_secs().max(1)),
+                delegated_by,
+            };
             run_command(&socket, request, &command)
         }
         Command::Label { pid, identity } => simple(&socket, &Request::Label { pid, identity }, json),

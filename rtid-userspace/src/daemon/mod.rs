@@ -62,6 +62,8 @@ pub struct Daemon {
     pub policy: LoadedPolicy,
     /// Grants and approval requests.
     pub grants: grants::Ledger,
+    /// Identities derived at launch (`rtid run --delegated-by`), kept across reloads.
+    pub derived: Vec<IdentitySpec>,
     pub labels: BTreeMap<u32, LabelInfo>,
     pub started: Instant,
     pub events_seen: u64,
@@ -77,7 +79,7 @@ impl Names for Daemon {
 
     fn chain(&self, id: u32) -> Option<String> {
         let name = self.kernel.identity_name(id)?;
-        crate::policy::delegation::describe_chain(&self.policy.identities, name)
+        crate::policy::delegation::describe_chain(&self.all_identities(), name)
     }
 
     fn rule(&self, id: u32) -> Option<(String, String)> {
@@ -97,8 +99,17 @@ pub struct LoadedPolicy {
 /// Compiles policy plus live grants and swaps it in atomically, then installs
 /// the selectors (exec selectors in the kernel, cgroup selectors as bindings
 /// of the cgroup and its descendants). On error the policy in force stays.
-pub fn install(kernel: &mut RtidKernel, policy: &LoadedPolicy, grants: &[grants::Grant]) -> anyhow::Result<()> {
-    let identities = grants::with_grants(&policy.identities, grants);
+pub fn install(kernel: &mut RtidKernel, policy: &LoadedPolicy, derived: &[IdentitySpec], grants: &[grants::Grant]) -> anyhow::Result<()> {
+    let mut identities = policy.identities.clone();
+    // Launch-time delegations whose identities still exist in this policy.
+    for identity in derived {
+        let known = |name: &Option<String>| name.as_ref().is_some_and(|n| policy.identities.iter().any(|i| &i.name == n));
+        let base = identity.name.rsplit('>').next().map(str::to_string);
+        if known(&identity.delegated_by) && known(&base) {
+            identities.push(identity.clone());
+        }
+    }
+    let identities = grants::with_grants(&identities, grants);
     let identities = crate::policy::delegation::effective(&identities).map_err(|problem| anyhow::anyhow!(problem))?;
     let compiled = compile(&identities).map_err(|errors| {
         anyhow::anyhow!(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
@@ -137,10 +148,39 @@ pub fn read_policy(paths: &[PathBuf]) -> Result<LoadedPolicy, String> {
 }
 
 impl Daemon {
+    /// Policy identities and launch-time delegations.
+    pub fn all_identities(&self) -> Vec<IdentitySpec> {
+        let mut all = self.policy.identities.clone();
+        all.extend(self.derived.iter().cloned());
+        all
+    }
+
+    /// The identity `base` as delegated from `delegator`, created on first use
+    /// (named `delegator>base`) and compiled with the delegator's restrictions.
+    pub fn derive_delegation(&mut self, base: &str, delegator: &str) -> anyhow::Result<String> {
+        let name = format!("{delegator}>{base}");
+        if self.kernel.identity_id(&name).is_some() {
+            return Ok(name);
+        }
+        let spec = self.policy.identities.iter().find(|i| i.name == base).ok_or_else(|| anyhow::anyhow!("unknown identity {base:?}"))?;
+        if !self.policy.identities.iter().any(|i| i.name == delegator) {
+            anyhow::bail!("unknown delegator {delegator:?}");
+        }
+        let mut derived = spec.clone();
+        derived.name = name.clone();
+        derived.delegated_by = Some(delegator.into());
+        self.derived.push(derived);
+        if let Err(error) = self.reinstall() {
+            self.derived.pop();
+            return Err(error);
+        }
+        Ok(name)
+    }
+
     /// Recompiles the policy in force with the live grants and swaps it in.
     pub fn reinstall(&mut self) -> anyhow::Result<()> {
         self.grants.prune(crate::loader::boot_time_ns());
-        install(&mut self.kernel, &self.policy, self.grants.live())
+        install(&mut self.kernel, &self.policy, &self.derived, self.grants.live())
     }
 }
 
@@ -155,7 +195,7 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
         kernel.restore_identity_ids(saved.identity_ids.clone());
         info!(pins = %options.pin_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default(), "adopted pinned programs and maps");
     }
-    install(&mut kernel, &policy, &[])?;
+    install(&mut kernel, &policy, &[], &[])?;
     let backends = kernel.backends();
     info!(
         file = backends.file.name(),
@@ -172,6 +212,7 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
         kernel,
         policy,
         grants: grants::Ledger::new(options.approval_timeout, options.max_grant_ttl),
+        derived: Vec::new(),
         labels,
         started,
         events_seen: 0,
@@ -216,7 +257,7 @@ fn reload(daemon: &Shared) {
     let mut guard = daemon.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let daemon = &mut *guard;
     match read_policy(&daemon.options.policy_paths) {
-        Ok(policy) => match install(&mut daemon.kernel, &policy, daemon.grants.live()) {
+        Ok(policy) => match install(&mut daemon.kernel, &policy, &daemon.derived, daemon.grants.live()) {
             Ok(()) => {
                 daemon.policy = policy;
                 info!("SIGHUP: policy reloaded");

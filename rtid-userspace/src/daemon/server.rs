@@ -136,10 +136,17 @@ fn dispatch(daemon: &Shared, request: Request, caller_pid: u32) -> Response {
             let _ = pid;
             error(format!("unknown identity {identity:?}; known: {}", daemon.kernel.policy().identities.iter().map(|i| i.spec.name.as_str()).collect::<Vec<_>>().join(", ")))
         }
-        Request::LabelChild { pid, identity, owner, purpose, ttl_seconds } => {
+        Request::LabelChild { pid, identity, owner, purpose, ttl_seconds, delegated_by } => {
             if parent_of(pid) != Some(caller_pid) {
                 return error(format!("refused: process {pid} is not a child of the caller ({caller_pid})"));
             }
+            let identity = match delegated_by {
+                Some(delegator) => match daemon.derive_delegation(&identity, &delegator) {
+                    Ok(name) => name,
+                    Err(failure) => return error(format!("{failure:#}")),
+                },
+                None => identity,
+            };
             if let Some(seconds) = ttl_seconds
                 && let Err(failure) = shorten_expiry(&mut daemon, &identity, seconds) {
                     return error(failure.to_string());
@@ -190,7 +197,7 @@ fn dispatch(daemon: &Shared, request: Request, caller_pid: u32) -> Response {
         Request::Revoke { identity, kill } => match daemon.kernel.set_revoked(&identity, true) {
             Ok(()) => {
                 // Revoking a delegator revokes every identity delegated from it, at once.
-                let delegated = crate::policy::delegation::delegated_from(&daemon.policy.identities, &identity);
+                let delegated = crate::policy::delegation::delegated_from(&daemon.all_identities(), &identity);
                 for name in &delegated {
                     if let Err(failure) = daemon.kernel.set_revoked(name, true) {
                         return error(format!("revoking {name} (delegated from {identity}): {failure}"));
@@ -368,7 +375,7 @@ fn apply(daemon: &mut super::Daemon, documents: Vec<(String, String)>) -> Respon
         Err(errors) => return rejected(errors.iter().map(ToString::to_string).collect()),
     };
     let policy = super::LoadedPolicy { identities: set.identities, selectors: set.selectors, sources: set.sources };
-    match super::install(&mut daemon.kernel, &policy, daemon.grants.live()) {
+    match super::install(&mut daemon.kernel, &policy, &daemon.derived, daemon.grants.live()) {
         Ok(()) => {
             daemon.policy = policy;
             super::state::save(daemon);
