@@ -83,6 +83,7 @@ pub mod limits {
     pub const MAX_IDENTITIES: u32 = 4096;
     pub const MAX_CGROUP_BINDINGS: u32 = 1024;
     pub const MAX_QUARANTINES: u32 = 4096;
+    pub const MAX_ONCE_RULES: u32 = 1024;
     pub const MAX_PATH_ENTRIES: u32 = 65536;
     pub const MAX_UNIX_ENTRIES: u32 = 4096;
     pub const MAX_NET_ENTRIES: u32 = 16384;

@@ -82,9 +82,28 @@ fn settle_match(found: Option<RuleMatch>) -> Option<RuleMatch> {
     })
 }
 
+/// A single-use rule decides once; used up, the action is stepped up again
+/// (until the daemon, seeing the use, removes the grant and recompiles).
+#[inline(always)]
+fn consume_once(decision: Decision) -> Decision {
+    if decision.source != DecisionSource::Rule {
+        return decision;
+    }
+    let Some(uses) = crate::maps::ONCE_RULES.get_ptr_mut(&decision.rule_id) else { return decision };
+    // SAFETY: a valid map value pointer; a concurrent use on another CPU can
+    // at worst let one extra call through, never corrupt memory.
+    let uses = unsafe { &mut *uses };
+    if *uses == 0 {
+        return Decision { verdict: Verdict::StepUp, ..decision };
+    }
+    *uses -= 1;
+    decision
+}
+
 /// Same for a whole decision, so enforcement and reporting are verified once.
 #[inline(always)]
 pub fn settle_decision(decision: Decision) -> Decision {
+    let decision = consume_once(decision);
     let Some(scratch) = crate::path::scratch() else { return decision };
     let packed = (decision.verdict as u64) << 40 | (decision.source as u64) << 32 | decision.rule_id as u64;
     let packed = crate::path::opaque_u64(scratch, packed);

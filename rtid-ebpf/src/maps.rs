@@ -34,6 +34,11 @@ pub static IDENTITY_POLICY: HashMap<IdentityPolicyKey, IdentityPolicy> =
 #[map]
 pub static IDENTITY_STATUS: HashMap<IdentityId, IdentityStatus> = HashMap::with_max_entries(MAX_IDENTITIES, 0);
 
+/// Single-use rules (grants approved `--once`): rule id to uses left. When a
+/// rule listed here decides and has no use left, the action is stepped up again.
+#[map]
+pub static ONCE_RULES: HashMap<u32, u32> = HashMap::with_max_entries(rtid_common::limits::MAX_ONCE_RULES, 0);
+
 /// Per-identity quarantine thresholds and counters.
 #[map]
 pub static QUARANTINE: HashMap<IdentityId, QuarantineState> = HashMap::with_max_entries(rtid_common::limits::MAX_QUARANTINES, 0);

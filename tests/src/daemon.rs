@@ -8,9 +8,16 @@ use std::{
 
 use crate::*;
 
-/// The `rtid` binary next to the test executable.
+/// The `rtid` binary: `RTID_BINARY`, or the one in the test executable's
+/// profile dir (`cargo xtask test` builds it first).
 pub fn rtid_binary() -> PathBuf {
-    probe_path().with_file_name("rtid")
+    let binary = std::env::var_os("RTID_BINARY").map(PathBuf::from).unwrap_or_else(|| probe_path().with_file_name("rtid"));
+    assert!(
+        binary.exists(),
+        "no rtid binary at {}: build it with `cargo build -p rtid-userspace` (cargo xtask test does) or set RTID_BINARY",
+        binary.display()
+    );
+    binary
 }
 
 /// A daemon with its own socket, state dir and pin dir, stopped and unpinned on drop.

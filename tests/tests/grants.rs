@@ -139,11 +139,15 @@ fn step_up_becomes_a_request_that_an_operator_approves_or_denies() {
     let posted = hook_rx.recv_timeout(Duration::from_secs(10)).expect("the webhook receives the request");
     assert!(posted.starts_with("POST /hook") && posted.contains(&request) && posted.contains(&tool), "{posted}");
 
-    let approved = daemon.cli(&["approve", &request, "--ttl", "1m"]);
+    let approved = daemon.cli(&["approve", &request, "--ttl", "1m", "--once"]);
     assert!(text(&approved).contains("approved"), "{}", text(&approved));
     let retry = run_tool(&daemon);
     assert_eq!(retry.status.code(), Some(0), "the retry runs after approval: {}", text(&retry));
     assert!(std::path::Path::new(&marker).exists());
+    std::fs::remove_file(&marker).unwrap();
+    let second_use = run_tool(&daemon);
+    assert_eq!(second_use.status.code(), Some(128 + 9), "--once: a second use is stopped again: {}", text(&second_use));
+    assert!(!std::path::Path::new(&marker).exists());
     let again = daemon.cli(&["approve", &request]);
     assert_ne!(again.status.code(), Some(0), "a request is answered once: {}", text(&again));
 

@@ -10,7 +10,7 @@ use std::{
 use anyhow::{bail, Context};
 
 use crate::{
-    command::{cargo, require_root},
+    command::{cargo, checked, require_root},
     setup, vm,
 };
 
@@ -18,6 +18,10 @@ use crate::{
 /// integration tests load programs into the running kernel and attach at the
 /// cgroup root, so no two may run at once (`--test-threads=1`).
 fn host_tests(extra: &[String]) -> anyhow::Result<Tally> {
+    // The daemon tests run the real `rtid` binary from the same profile dir;
+    // `cargo test` builds only the binaries of the package under test, so a
+    // fresh checkout would have none.
+    checked(cargo().args(["build", "-p", "rtid-userspace", "--bin", "rtid"])).context("building the rtid binary")?;
     let mut command = cargo();
     command
         .args([

@@ -55,7 +55,13 @@ pub enum Request {
     /// Lift a revocation.
     Release { identity: String },
     Approvals,
-    Approve { request: String, ttl_seconds: u64 },
+    Approve {
+        request: String,
+        ttl_seconds: u64,
+        /// Single use: the grant goes after the first action it allows.
+        #[serde(default)]
+        once: bool,
+    },
     Deny { request: String, reason: Option<String> },
     /// Stream events; with `follow`, until the client goes away.
     Events { follow: bool, identity: Option<String>, verdicts: Vec<String> },

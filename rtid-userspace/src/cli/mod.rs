@@ -107,6 +107,9 @@ enum Command {
         request: String,
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         ttl: std::time::Duration,
+        /// Allow a single use only.
+        #[arg(long)]
+        once: bool,
     },
     /// Deny a request.
     Deny {
@@ -262,7 +265,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Revoke { identity, kill } => simple(&socket, &Request::Revoke { identity, kill }, json),
         Command::Release { identity } => simple(&socket, &Request::Release { identity }, json),
         Command::Approvals => simple(&socket, &Request::Approvals, json),
-        Command::Approve { request, ttl } => simple(&socket, &Request::Approve { request, ttl_seconds: ttl.as_secs().max(1) }, json),
+        Command::Approve { request, ttl, once } => {
+            simple(&socket, &Request::Approve { request, ttl_seconds: ttl.as_secs().max(1), once }, json)
+        }
         Command::Deny { request, reason } => simple(&socket, &Request::Deny { request, reason }, json),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "rtid", &mut std::io::stdout());

@@ -51,6 +51,9 @@ pub struct Grant {
     pub reason: Option<String>,
     /// The approval request it answers, if any.
     pub request: Option<String>,
+    /// Single use: gone after the first action it allows.
+    #[serde(default)]
+    pub once: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,6 +130,7 @@ impl Ledger {
             expires_at_boot_ns: now + ttl.as_nanos() as u64,
             reason,
             request,
+            once: false,
         };
         self.grants.push(grant.clone());
         Ok(grant)
@@ -194,11 +198,27 @@ impl Ledger {
     }
 
     /// Turns a pending request into a grant for exactly its identity and object.
-    pub fn approve(&mut self, id: &str, ttl: Duration, now: u64) -> Result<Grant, String> {
+    pub fn approve(&mut self, id: &str, ttl: Duration, once: bool, now: u64) -> Result<Grant, String> {
         let request = self.pending_mut(id, now)?;
-        request.state = RequestState::Approved;
         let (identity, object) = (request.identity.clone(), request.object.clone());
-        self.add(&identity, object, ttl, Some(format!("approved {id}")), Some(id.into()), now)
+        let mut grant = self.add(&identity, object, ttl, Some(format!("approved {id}")), Some(id.into()), now)?;
+        if once {
+            if let Some(stored) = self.grants.iter_mut().find(|g| g.id == grant.id) {
+                stored.once = true;
+            }
+            grant.once = true;
+        }
+        if let Some(request) = self.requests.values_mut().find(|r| r.id == id) {
+            request.state = RequestState::Approved;
+        }
+        Ok(grant)
+    }
+
+    /// A single-use grant allowed an action: it is used up. Returns whether one was.
+    pub fn used(&mut self, grant_id: &str) -> bool {
+        let before = self.grants.len();
+        self.grants.retain(|grant| !(grant.once && grant.id == grant_id));
+        self.grants.len() != before
     }
 
     pub fn deny(&mut self, id: &str, reason: Option<String>, now: u64) -> Result<(), String> {

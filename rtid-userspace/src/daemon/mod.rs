@@ -115,6 +115,9 @@ pub fn install(kernel: &mut RtidKernel, policy: &LoadedPolicy, derived: &[Identi
         anyhow::anyhow!(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
     })?;
     kernel.install(compiled).context("installing policy")?;
+    // Rule ids are renumbered by each compile: list the single-use grants again.
+    let once: Vec<String> = grants.iter().filter(|grant| grant.once).map(|grant| grant.id.clone()).collect();
+    kernel.set_once_rules(&once).context("single-use grants")?;
     let mut exec = Vec::new();
     for selector in &policy.selectors {
         match &selector.matches {
@@ -307,6 +310,13 @@ async fn pump_events(reader: EventReader, daemon: Shared, events: broadcast::Sen
                 daemon.labels.remove(&event.tgid);
             }
             let record = EventRecord::from_event(event, &*daemon);
+            if record.verdict == "audit" && record.rule_id.as_deref().is_some_and(|id| daemon.grants.used(id)) {
+                // A single-use grant was used: recompile without it (the kernel
+                // already refuses a second use meanwhile).
+                if let Err(error) = daemon.reinstall() {
+                    warn!(%error, "removing a used single-use grant");
+                }
+            }
             if record.flags.iter().any(|flag| flag == "quarantine_tripped") {
                 quarantine_tripped(&daemon, &record);
             }

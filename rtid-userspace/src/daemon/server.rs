@@ -227,9 +227,9 @@ fn dispatch(daemon: &Shared, request: Request, caller_pid: u32) -> Response {
             Err(failure) => error(failure.to_string()),
         },
         Request::Approvals => Response::Approvals { requests: daemon.grants.requests(crate::loader::boot_time_ns()) },
-        Request::Approve { request, ttl_seconds } => {
+        Request::Approve { request, ttl_seconds, once } => {
             let now = crate::loader::boot_time_ns();
-            match daemon.grants.approve(&request, std::time::Duration::from_secs(ttl_seconds), now) {
+            match daemon.grants.approve(&request, std::time::Duration::from_secs(ttl_seconds), once, now) {
                 Ok(grant) => install_grants(&mut daemon, &grant.id, format!("{request} approved as {}: {}", grant.id, grant.object.describe())),
                 Err(problem) => error(problem),
             }

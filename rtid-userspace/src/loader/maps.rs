@@ -47,6 +47,7 @@ pub struct KernelMaps {
     net_rules: LpmTrie<MapData, NetKey, NetRuleList>,
     exec_selectors: LpmTrie<MapData, PathKey, IdentityId>,
     quarantine: HashMap<MapData, IdentityId, QuarantineState>,
+    once_rules: HashMap<MapData, u32, u32>,
     counters: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
     installed: InstalledEntries,
@@ -92,6 +93,7 @@ impl KernelMaps {
             net_rules: take(ebpf, "NET_RULES")?,
             exec_selectors: take(ebpf, "EXEC_SELECTORS")?,
             quarantine: take(ebpf, "QUARANTINE")?,
+            once_rules: take(ebpf, "ONCE_RULES")?,
             counters: take(ebpf, "COUNTERS")?,
             events: Some(take(ebpf, "EVENTS")?),
             installed: InstalledEntries::default(),
@@ -134,6 +136,7 @@ impl KernelMaps {
             net_rules: typed("NET_RULES", open("NET_RULES")?)?,
             exec_selectors: typed("EXEC_SELECTORS", open("EXEC_SELECTORS")?)?,
             quarantine: typed("QUARANTINE", open("QUARANTINE")?)?,
+            once_rules: typed("ONCE_RULES", open("ONCE_RULES")?)?,
             counters: typed("COUNTERS", open("COUNTERS")?)?,
             events: Some(typed("EVENTS", open("EVENTS")?)?),
             installed: InstalledEntries::default(),
@@ -230,6 +233,18 @@ impl KernelMaps {
 
     pub fn set_status(&mut self, identity: IdentityId, status: IdentityStatus) -> Result<(), LoadError> {
         self.identity_status.insert(&identity, &status, 0).map_err(map_error("IDENTITY_STATUS"))
+    }
+
+    /// Replaces the single-use rules: each listed rule id may decide once.
+    pub fn set_once_rules(&mut self, rule_ids: &[u32]) -> Result<(), LoadError> {
+        let old: Vec<u32> = self.once_rules.keys().filter_map(Result::ok).collect();
+        for key in old.iter().filter(|key| !rule_ids.contains(key)) {
+            let _ = self.once_rules.remove(key);
+        }
+        for id in rule_ids {
+            self.once_rules.insert(id, &1, 0).map_err(map_error("ONCE_RULES"))?;
+        }
+        Ok(())
     }
 
     /// Sets (or clears, with `None`) an identity's quarantine, resetting its count.

@@ -330,6 +330,12 @@ impl RtidKernel {
         self.maps.bind_cgroup(cgroup_id, id)
     }
 
+    /// Single-use rules, named by their policy ids (grants approved `--once`).
+    pub fn set_once_rules(&mut self, names: &[String]) -> Result<(), LoadError> {
+        let ids: Vec<u32> = self.policy.rules.iter().filter(|(_, info)| names.contains(&info.id)).map(|(id, _)| *id).collect();
+        self.maps.set_once_rules(&ids)
+    }
+
     /// Exec selectors: an untagged process that execs one of these binaries
     /// takes the identity, in the kernel, before the binary runs.
     pub fn set_exec_selectors(&mut self, selectors: &[(String, String)]) -> Result<(), LoadError> {

@@ -9,7 +9,8 @@ use aya::{programs::links::FdLink, Ebpf};
 use super::LoadError;
 
 /// The maps a later instance adopts (every map the programs share with userspace).
-pub const PINNED_MAPS: [&str; 15] = [
+pub const PINNED_MAPS: [&str; 16] = [
+    "ONCE_RULES",
     "QUARANTINE",
     "EXEC_SELECTORS",
     "PROCESS_IDENTITY",
