@@ -82,30 +82,33 @@ fn settle_match(found: Option<RuleMatch>) -> Option<RuleMatch> {
     })
 }
 
-/// A single-use rule decides once; used up, the action is stepped up again
-/// (until the daemon, seeing the use, removes the grant and recompiles).
+/// A single-use rule decides once: true when `rule_id` is one whose use is
+/// already spent, so the action is stepped up again (until the daemon, seeing
+/// the use, removes the grant and recompiles).
 #[inline(always)]
-fn consume_once(decision: Decision) -> Decision {
-    if decision.source != DecisionSource::Rule {
-        return decision;
+fn single_use_spent(source: DecisionSource, rule_id: u32) -> bool {
+    if source != DecisionSource::Rule {
+        return false;
     }
-    let Some(uses) = crate::maps::ONCE_RULES.get_ptr_mut(&decision.rule_id) else { return decision };
+    let Some(uses) = crate::maps::ONCE_RULES.get_ptr_mut(&rule_id) else { return false };
     // SAFETY: a valid map value pointer; a concurrent use on another CPU can
     // at worst let one extra call through, never corrupt memory.
     let uses = unsafe { &mut *uses };
     if *uses == 0 {
-        return Decision { verdict: Verdict::StepUp, ..decision };
+        return true;
     }
     *uses -= 1;
-    decision
+    false
 }
 
 /// Same for a whole decision, so enforcement and reporting are verified once.
+/// The single-use check is folded into the packed value before it is settled,
+/// so its branches add no verifier states either.
 #[inline(always)]
 pub fn settle_decision(decision: Decision) -> Decision {
-    let decision = consume_once(decision);
-    let Some(scratch) = crate::path::scratch() else { return decision };
-    let packed = (decision.verdict as u64) << 40 | (decision.source as u64) << 32 | decision.rule_id as u64;
+    let verdict = if single_use_spent(decision.source, decision.rule_id) { Verdict::StepUp } else { decision.verdict };
+    let Some(scratch) = crate::path::scratch() else { return Decision { verdict, ..decision } };
+    let packed = (verdict as u64) << 40 | (decision.source as u64) << 32 | decision.rule_id as u64;
     let packed = crate::path::opaque_u64(scratch, packed);
     Decision {
         verdict: Verdict::from_u8((packed >> 40) as u8 & 7),
