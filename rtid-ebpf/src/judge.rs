@@ -102,11 +102,23 @@ fn single_use_spent(source: DecisionSource, rule_id: u32) -> bool {
 }
 
 /// Same for a whole decision, so enforcement and reporting are verified once.
-/// The single-use check is folded into the packed value before it is settled,
-/// so its branches add no verifier states either.
 #[inline(always)]
 pub fn settle_decision(decision: Decision) -> Decision {
+    settle_with_verdict(decision, decision.verdict)
+}
+
+/// The final decision of one action: spends a single-use rule's use (exactly
+/// once per action, so only here, never in the inner judges) and settles.
+/// The check is folded into the packed value before it is settled, so its
+/// branches add no verifier states either.
+#[inline(always)]
+pub fn settle_action(decision: Decision) -> Decision {
     let verdict = if single_use_spent(decision.source, decision.rule_id) { Verdict::StepUp } else { decision.verdict };
+    settle_with_verdict(decision, verdict)
+}
+
+#[inline(always)]
+fn settle_with_verdict(decision: Decision, verdict: Verdict) -> Decision {
     let Some(scratch) = crate::path::scratch() else { return Decision { verdict, ..decision } };
     let packed = (verdict as u64) << 40 | (decision.source as u64) << 32 | decision.rule_id as u64;
     let packed = crate::path::opaque_u64(scratch, packed);
@@ -192,7 +204,7 @@ pub fn decide_path_action(
     requested: u8,
     default: u8,
 ) -> Decision {
-    settle_decision(match status_override(process.identity, active) {
+    settle_action(match status_override(process.identity, active) {
         Some(decision) => decision,
         None => {
             build_keys(scratch, resolved, active.policy.ruleset);

@@ -24,7 +24,7 @@ use rtid_common::{
 
 use crate::{
     events::{emit, EventFacts, EventObject, UNIX_PATH_BYTES},
-    judge::{settle_decision, active_policy, enforce_for, identity_of, judge_address, judge_unix, should_report, status_override, Enforcement},
+    judge::{settle_action, active_policy, enforce_for, identity_of, judge_address, judge_unix, should_report, status_override, Enforcement},
     kernel::ReadError,
     maps::{count, BACKEND_CONFIG},
     path::{opaque, scratch, PathScratch},
@@ -94,7 +94,7 @@ fn judge_sock_addr(ctx: &SockAddrContext, kind: EventKind, family: u16) -> i32 {
 pub fn judge_inet(process: &ProcessIdentity, object: &NetObject, kind: EventKind, backend: Backend) -> Enforcement {
     count(counter::JUDGED);
     let active = active_policy(process.identity);
-    let decision = settle_decision(match status_override(process.identity, &active) {
+    let decision = settle_action(match status_override(process.identity, &active) {
         Some(decision) => decision,
         None => {
             let key = Key::new(RULESET_PREFIX_BITS + 128, NetKey { ruleset: active.policy.ruleset, addr: object.addr });
@@ -220,7 +220,7 @@ pub fn judge_unix_path(
 ) -> Enforcement {
     count(counter::JUDGED);
     let active = active_policy(process.identity);
-    let decision = settle_decision(match status_override(process.identity, &active) {
+    let decision = settle_action(match status_override(process.identity, &active) {
         Some(decision) => decision,
         None => {
             scratch.prefix_key.data.ruleset = active.policy.ruleset;
