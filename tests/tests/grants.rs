@@ -177,6 +177,49 @@ fn step_up_becomes_a_request_that_an_operator_approves_or_denies() {
 }
 
 #[test]
+fn a_webhook_that_never_answers_delays_neither_the_agent_nor_other_requests() {
+    let scratch = TestDir::new("deadhook-data");
+    std::fs::create_dir_all(scratch.path("bin")).unwrap();
+    let (tool, other) = (scratch.path("bin/tool"), scratch.path("bin/other"));
+    std::fs::copy(probe_path(), &tool).unwrap();
+    std::fs::copy(probe_path(), &other).unwrap();
+    // Accepts every connection and never answers: each POST waits out its
+    // timeout, three times. Anything that waited for it would take seconds.
+    let blackhole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook = format!("http://{}/hook", blackhole.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let held: Vec<_> = blackhole.incoming().map_while(Result::ok).collect();
+        drop(held);
+    });
+    let policy = write_policy(&scratch, "policy.yaml", &format!(
+        "apiVersion: rtid.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: deadhook\nspec:\n  identities:\n    - name: coder\n      exec:\n        - {{ id: tool, path: {tool}, action: step_up }}\n        - {{ id: other, path: {other}, action: step_up }}\n"
+    ));
+    let daemon = Daemon::start_with("deadhook", vec![policy], vec!["--approval-webhook".into(), hook]);
+
+    let started = std::time::Instant::now();
+    for binary in [&tool, &other] {
+        let run = daemon.cli(&["run", "--identity", "coder", "--", binary, "marker", &scratch.path("marker")]);
+        assert_eq!(run.status.code(), Some(128 + 9), "stopped at once: {}", text(&run));
+    }
+    // Both requests are open while the first webhook call still hangs (it
+    // gives up only after 3 attempts of 2 s each).
+    let mut listing = String::new();
+    while started.elapsed() < Duration::from_secs(10) {
+        listing = text(&daemon.cli(&["--json", "approvals"]));
+        if listing.contains(&tool) && listing.contains(&other) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let waited = started.elapsed();
+    assert!(listing.contains(&tool) && listing.contains(&other), "both requests are open: {listing}");
+    assert!(waited < Duration::from_secs(4), "the agents and the second request did not wait for the dead webhook ({waited:?})");
+    let request = json_field(&listing, "id").expect("a request id");
+    let approved = daemon.cli(&["approve", &request, "--ttl", "1m"]);
+    assert!(text(&approved).contains("approved"), "approving does not wait for the webhook either: {}", text(&approved));
+}
+
+#[test]
 fn revoke_takes_effect_before_the_command_returns() {
     let scratch = TestDir::new("revoke-data");
     let tool = scratch.path("bin/tool");
