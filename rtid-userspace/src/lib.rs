@@ -3,9 +3,11 @@
 //! built on this library; the integration tests drive it directly.
 
 pub mod api;
+pub mod audit;
 pub mod cli;
 pub mod daemon;
 pub mod events;
 pub mod launch;
 pub mod loader;
+pub mod metrics;
 pub mod policy;

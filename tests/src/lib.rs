@@ -4,6 +4,7 @@
 //! harness drops, also when a test fails.
 
 pub mod daemon;
+pub mod peers;
 
 use std::{
     io::Read,

@@ -31,7 +31,7 @@ impl Probe {
 }
 
 /// Debian packages, each with what it is for and how to detect it without dpkg.
-const APT_PACKAGES: [(&str, Probe); 10] = [
+const APT_PACKAGES: [(&str, Probe); 12] = [
     // bpf-linker links against LLVM 22 (and its Polly library).
     (
         "llvm-22-dev",
@@ -54,6 +54,9 @@ const APT_PACKAGES: [(&str, Probe); 10] = [
     // Network tests (and `ip link set lo up` in the VM).
     ("iproute2", Probe::Program("ip")),
     ("python3", Probe::Program("python3")),
+    // Event-stream tests: a real NATS JetStream server, and promtool to check /metrics.
+    ("nats-server", Probe::Program("nats-server")),
+    ("prometheus", Probe::Program("promtool")),
 ];
 
 /// Kernel filesystems the programs and tests use: (fstype, mount point).
@@ -106,6 +109,9 @@ pub fn run() -> anyhow::Result<()> {
     toolchains(&mut report);
     apt_packages(&mut report);
     report.record("bpf-linker (llvm-22)", bpf_linker());
+    for (package, module) in PYTHON_PACKAGES {
+        report.record(&format!("python package {package}"), python_package(package, module));
+    }
     mounts(&mut report);
     if !report.missing.is_empty() {
         bail!("setup incomplete; missing: {}", report.missing.join(", "));
@@ -273,6 +279,24 @@ fn probe_finds(probe: &Probe) -> bool {
             })
         }),
     }
+}
+
+// ---- Python packages ----
+
+/// (pip requirement, module to import): the OCSF schema models the event
+/// tests validate rtid's OCSF output against.
+const PYTHON_PACKAGES: [(&str, &str); 1] = [("ocsf-emitter==0.3.0", "ocsf_emitter")];
+
+fn python_package(requirement: &str, module: &str) -> anyhow::Result<Status> {
+    let importable = || Command::new("python3").args(["-c", &format!("import {module}")]).output().is_ok_and(|out| out.status.success());
+    if importable() {
+        return Ok(Status::Ok);
+    }
+    if find_program("python3").is_none() {
+        return Ok(Status::Missing("no python3".into()));
+    }
+    checked(Command::new("python3").args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", requirement]))?;
+    if importable() { Ok(Status::Installed) } else { Ok(Status::Missing(format!("pip installed {requirement} but `import {module}` fails"))) }
 }
 
 // ---- bpf-linker ----

@@ -214,6 +214,11 @@ impl Ledger {
         Ok(grant)
     }
 
+    /// The grant named `id`, live or not yet pruned.
+    pub fn find(&self, id: &str) -> Option<&Grant> {
+        self.grants.iter().find(|grant| grant.id == id)
+    }
+
     /// A single-use grant allowed an action: it is used up. Returns whether one was.
     pub fn used(&mut self, grant_id: &str) -> bool {
         let before = self.grants.len();

@@ -1,6 +1,7 @@
 //! `rtid daemon`: owns the kernel programs and maps, keeps policy in force,
 //! streams events, and serves the control API. The only writer of maps.
 
+pub mod config;
 pub mod grants;
 mod webhook;
 mod server;

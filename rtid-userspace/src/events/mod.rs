@@ -1,6 +1,11 @@
 //! Reading events from the kernel ring buffer, and their JSON form.
 
+pub mod enrich;
+pub mod ocsf;
+pub mod pipeline;
 pub mod record;
+pub mod throttle;
+pub mod sinks;
 
 use std::{
     os::fd::{AsFd, AsRawFd},

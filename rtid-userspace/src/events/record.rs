@@ -41,6 +41,54 @@ pub struct EventRecord {
     pub flags: Vec<String>,
     pub generation: u32,
     pub related_tgid: Option<u32>,
+    // What the daemon adds (README: Events). Defaults until the daemon enriches.
+    /// Per-node sequence number, in the order events left the kernel ring.
+    #[serde(default)]
+    pub seq: u64,
+    /// Wall-clock time of the decision, RFC 3339 UTC.
+    #[serde(default)]
+    pub time: String,
+    #[serde(default)]
+    pub node: String,
+    #[serde(default)]
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub purpose: Option<String>,
+    /// The grant whose rule decided, and the approval request it answered.
+    #[serde(default)]
+    pub grant_id: Option<String>,
+    #[serde(default)]
+    pub approval_id: Option<String>,
+    #[serde(default)]
+    pub process: ProcessDetails,
+    /// For `suppressed` summaries: how many events the per-identity cap held back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suppressed: Option<u64>,
+}
+
+/// The acting process as /proc described it when the daemon first saw it.
+/// A field /proc could no longer answer (the process is gone) stays empty and
+/// is named in `unavailable`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ProcessDetails {
+    pub exe: Option<String>,
+    pub cmdline: Option<Vec<String>>,
+    pub cwd: Option<String>,
+    pub user: Option<String>,
+    pub container_id: Option<String>,
+    pub pod_uid: Option<String>,
+    /// Parents, nearest first, up to and including the first one outside the identity.
+    pub ancestry: Vec<Ancestor>,
+    pub unavailable: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Ancestor {
+    pub pid: u32,
+    pub exe: Option<String>,
+    pub comm: Option<String>,
+    /// The ancestor's identity, None for the first one outside it.
+    pub identity: Option<String>,
 }
 
 /// Names for the numbers an event carries, supplied by whoever holds the policy.
@@ -92,6 +140,15 @@ impl EventRecord {
             flags: flag_names(event.flags),
             generation: event.generation,
             related_tgid: (event.related_tgid != 0).then_some(event.related_tgid),
+            seq: 0,
+            time: String::new(),
+            node: String::new(),
+            owner: None,
+            purpose: None,
+            grant_id: None,
+            approval_id: None,
+            process: ProcessDetails::default(),
+            suppressed: None,
         }
     }
 }

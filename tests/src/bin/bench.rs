@@ -51,6 +51,8 @@ const TRUE_BINARY: &str = "/bin/true";
 const DEFAULT_LABEL: &str = "host, native";
 const VM_LABEL: &str = "VM, Debian kernel with BPF LSM under qemu TCG (emulated)";
 
+mod pipeline;
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
@@ -434,6 +436,11 @@ fn run(args: &[String]) -> anyhow::Result<()> {
     println!("| hook errors | {} |", counters.hook_errors);
     println!("| paths truncated | {} |", counters.paths_truncated);
     println!("| process table full | {} |", counters.process_table_full);
+    // The daemon attaches the same programs: this instance must be gone first.
+    drop(kernel);
+    if std::env::var_os("RTID_IN_VM").is_none() {
+        pipeline::run(&std::env::current_exe()?.with_file_name("rtid-probe"))?;
+    }
     Ok(())
 }
 

@@ -1,0 +1,204 @@
+//! Event streams for security teams, end to end on the real daemon: every
+//! field of provenance on real processes, the same events in rtid's JSON and
+//! in OCSF (checked by the OCSF schema models), four sinks at once with one of
+//! them dead, the hash-chained audit trail, /metrics checked by promtool, and
+//! the per-identity cap.
+
+use std::time::{Duration, Instant};
+
+use rtid_tests::{daemon::*, peers::*, *};
+use serde_json::Value;
+
+/// Lines of a JSON-lines file that parse.
+fn json_lines(path: &str) -> Vec<Value> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|line| serde_json::from_str(line).ok()).collect()
+}
+
+/// Waits until `path` holds at least `count` JSON lines matching `wanted`.
+fn wait_for_lines(path: &str, count: usize, what: &str, wanted: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let matching: Vec<Value> = json_lines(path).into_iter().filter(&wanted).collect();
+        if matching.len() >= count {
+            return matching;
+        }
+        assert!(Instant::now() < deadline, "{what}: {} of {count} lines in {path} after 30s", matching.len());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn status(daemon: &Daemon) -> Value {
+    let output = daemon.cli(&["--json", "status"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    serde_json::from_slice(&output.stdout).expect("status JSON")
+}
+
+fn sink<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["sinks"].as_array().and_then(|sinks| sinks.iter().find(|sink| sink["name"] == name)).unwrap_or_else(|| panic!("no sink {name} in {status}"))
+}
+
+fn streamer_policy(secret_dir: &str, denied_port: u16, extra: &str) -> String {
+    format!(
+        "apiVersion: rtid.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: streams\nspec:\n  identities:\n    - name: streamer\n      owner: alice@example.com\n      purpose: \"stream test\"\n      fileDenyFallback: flag\n      defaults: {{ file: allow, network: allow, exec: allow }}\n{extra}      files:\n        - {{ id: no-secret, path: {secret_dir}/, action: deny }}\n      network:\n        - {{ id: no-port, cidr: 127.0.0.1/32, ports: [\"{denied_port}\"], action: deny }}\n"
+    )
+}
+
+#[test]
+fn four_sinks_carry_every_field_and_a_dead_one_loses_only_its_own() {
+    let scratch = TestDir::new("streams");
+    let secret_dir = scratch.path("secret");
+    let secret = scratch.file("secret/key", "PRIVATE");
+    let plain = scratch.file("plain.txt", "hello");
+    let denied_port = free_port();
+    let mut nats = NatsServer::start(&scratch.0.join("nats"));
+    let http_port = free_port();
+    let token = "s3cret-token";
+    let token_file = scratch.file("token", &format!("{token}\n"));
+    let (json_file, ocsf_file, audit_file) = (scratch.path("out/events.jsonl"), scratch.path("out/events.ocsf.jsonl"), scratch.path("audit/audit.log"));
+    let config = scratch.file(
+        "config.yaml",
+        &format!(
+            "nodeName: test-node\nsinks:\n  - {{ type: file, path: {json_file}, queue: 65536 }}\n  - {{ type: file, path: {ocsf_file}, format: ocsf, queue: 65536 }}\n  - {{ type: http, tokenFile: {token_file}, queue: 64 }}\n  - {{ type: nats, url: \"{}\", stream: RTIDTEST, queue: 1024 }}\nhttp: {{ listen: \"127.0.0.1:{http_port}\" }}\naudit: {{ path: {audit_file}, flushInterval: 100ms }}\n",
+            nats.url()
+        ),
+    );
+    let policy = write_policy(&scratch, "policy.yaml", &streamer_policy(&secret_dir, denied_port, "      audit: all\n"));
+    let daemon = Daemon::start_with("streams", vec![policy], vec!["--config".into(), config]);
+
+    // The endpoint wants the bearer token.
+    assert_eq!(http_fetch(http_port, "/events", &[]).0, 401, "no token");
+    assert_eq!(http_fetch(http_port, "/events", &[("Authorization", "Bearer wrong")]).0, 401, "wrong token");
+    let bearer = format!("Bearer {token}");
+    let mut reader = http_get(http_port, "/events", &[("Authorization", &bearer)]);
+    // A consumer that connects and never reads: its queue fills, nobody else waits.
+    let _stalled = http_get(http_port, "/events", &[("Authorization", &bearer)]);
+    std::thread::sleep(Duration::from_millis(300));
+
+    // A real agent: a shell under rtid run, whose child reads the secret.
+    let script = format!("{} open {secret}; exit 0", probe_path().display());
+    let run = daemon.cli(&["run", "--identity", "streamer", "--owner", "bob@example.com", "--purpose", "nightly refactor", "--", "/bin/sh", "-c", &script]);
+    assert_eq!(run.status.code(), Some(0), "flagged, not killed: {}", text(&run));
+    let is_secret_read = |event: &Value| event["kind"] == "file" && event["path"] == secret.as_str();
+    let event = wait_for_lines(&json_file, 1, "the flagged read in the JSON file sink", is_secret_read).remove(0);
+
+    // Provenance: who acted, for whom, under which rule, on which node.
+    assert_eq!(event["schema"], "rtid.event/v1");
+    assert_eq!((event["verdict"].as_str(), event["outcome"].as_str()), (Some("deny"), Some("flagged_instead")), "{event}");
+    assert_eq!(event["identity"], "streamer");
+    assert_eq!(event["owner"], "bob@example.com", "rtid run --owner names the launch: {event}");
+    assert_eq!(event["purpose"], "nightly refactor");
+    assert!(event["delegation_chain"].as_str().is_some_and(|chain| chain.ends_with("streamer")), "{event}");
+    assert_eq!(event["rule_id"], "no-secret");
+    assert!(event["rule"].as_str().is_some_and(|rule| rule.contains(&secret_dir)), "{event}");
+    assert_eq!(event["node"], "test-node");
+    assert!(event["seq"].as_u64().is_some_and(|seq| seq > 0), "{event}");
+    let time = humantime_like(event["time"].as_str().unwrap_or_default());
+    assert!(time, "RFC 3339 wall-clock time: {event}");
+    let process = &event["process"];
+    assert!(process["exe"].as_str().is_some_and(|exe| exe.ends_with("rtid-probe")), "{event}");
+    assert_eq!(process["cmdline"][1], "open", "{event}");
+    assert_eq!(process["cmdline"][2], secret.as_str());
+    assert!(process["cwd"].as_str().is_some_and(|cwd| cwd.starts_with('/')), "{event}");
+    assert_eq!(process["user"], "root");
+    let ancestry = process["ancestry"].as_array().expect("ancestry");
+    assert_eq!(ancestry[0]["identity"], "streamer", "the shell carries the identity: {event}");
+    assert_eq!(ancestry[0]["pid"], event["parent_tgid"]);
+    assert!(ancestry.last().is_some_and(|outside| outside["identity"].is_null()), "ends at the first process outside: {event}");
+    assert!(event["process_key"].as_str().is_some_and(|key| key.starts_with(&format!("{}:", event["tgid"]))), "{event}");
+
+    // The same event on the HTTP stream and in NATS JetStream, and in OCSF.
+    let seq = event["seq"].clone();
+    let streamed = read_json_lines(&mut reader, Duration::from_secs(10), 1, |line| line["seq"] == seq);
+    assert_eq!(streamed.len(), 1, "the HTTP stream carries the event");
+    assert_eq!(streamed[0]["path"], secret.as_str());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut in_nats = None;
+    while in_nats.is_none() && Instant::now() < deadline {
+        let stored = nats.stream_messages("RTIDTEST");
+        in_nats = (1..=stored).map(|n| nats.stream_message("RTIDTEST", n)).find(|(_, body)| body.contains(&format!("\"seq\":{seq},")));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (subject, _) = in_nats.expect("the event in the NATS stream");
+    assert_eq!(subject, "rtid.events.test-node.file");
+    let ocsf = wait_for_lines(&ocsf_file, 1, "the read in OCSF", |line| line["class_uid"] == 1001 && line.to_string().contains(&secret));
+    assert!(!ocsf.is_empty());
+    ocsf_validate(&ocsf_file).unwrap_or_else(|problems| panic!("OCSF output fails the schema models:\n{problems}"));
+
+    // NATS dies mid-stream; a flood follows. Enforcement and the other sinks carry on.
+    nats.stop();
+    let flood = 20_000;
+    let run = daemon.cli(&["run", "--identity", "streamer", "--", probe_path().to_str().unwrap(), "open-many", &flood.to_string(), &plain]);
+    assert!(text(&run).contains(&format!("opened {flood}")), "{}", text(&run));
+    let refused = daemon.cli(&["run", "--identity", "streamer", "--", probe_path().to_str().unwrap(), "connect", &format!("127.0.0.1:{denied_port}")]);
+    assert!(text(&refused).contains("err 1"), "connect still refused with EPERM while a sink is dead: {}", text(&refused));
+    let plain_opens = wait_for_lines(&json_file, flood, "every allowed open in the file sink", |line| line["kind"] == "file" && line["path"] == plain.as_str());
+    assert_eq!(plain_opens.len(), flood, "the file sink lost nothing");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let report = loop {
+        let report = status(&daemon);
+        let nats_lost = sink(&report, "nats:RTIDTEST")["dropped"].as_u64().unwrap_or(0);
+        let http_lost = sink(&report, "http")["dropped"].as_u64().unwrap_or(0);
+        if (nats_lost > 0 && http_lost > 0) || Instant::now() > deadline {
+            break report;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(sink(&report, "nats:RTIDTEST")["dropped"].as_u64().unwrap_or(0) > 0, "the dead NATS sink counts its losses: {report}");
+    assert!(sink(&report, "http")["dropped"].as_u64().unwrap_or(0) > 0, "the stalled HTTP client's losses are counted: {report}");
+    assert_eq!(sink(&report, &format!("file:{json_file}"))["dropped"], 0, "{report}");
+    assert_eq!(report["ring_full_drops"], 0, "the kernel ring kept up: {report}");
+
+    // /metrics is a valid Prometheus page with the per-sink figures.
+    let (code, page) = http_fetch(http_port, "/metrics", &[]);
+    assert_eq!(code, 200);
+    promtool_check(&page).unwrap_or_else(|problem| panic!("promtool check metrics: {problem}\n{page}"));
+    assert!(page.contains("rtid_sink_dropped_total") && page.contains("nats:RTIDTEST"), "{page}");
+    assert!(page.contains("rtid_events_total"), "{page}");
+
+    // The audit trail holds the decisions, chained; an edit is caught.
+    std::thread::sleep(Duration::from_millis(500));
+    let audit = json_lines(&audit_file);
+    assert!(audit.iter().any(|record| record["kind"] == "decision" && record["body"]["path"] == secret.as_str()), "the flagged read is audited");
+    assert!(audit.iter().any(|record| record["kind"] == "change" && record["body"]["action"] == "label_child"), "the launch's label is audited");
+    let verified = daemon.cli(&["audit", "verify", &audit_file]);
+    assert_eq!(verified.status.code(), Some(0), "an untouched trail verifies: {}", text(&verified));
+    let tampered = scratch.path("tampered.log");
+    let original = std::fs::read_to_string(&audit_file).unwrap();
+    std::fs::write(&tampered, original.replacen("flagged_instead", "allowed", 1)).unwrap();
+    let caught = daemon.cli(&["audit", "verify", &tampered]);
+    assert_eq!(caught.status.code(), Some(1), "{}", text(&caught));
+    assert!(text(&caught).to_lowercase().contains("edited"), "names the edit: {}", text(&caught));
+}
+
+#[test]
+fn a_flooding_identity_is_capped_and_what_is_held_back_is_summarised() {
+    let scratch = TestDir::new("throttle");
+    let plain = scratch.file("plain.txt", "hello");
+    let out = scratch.path("events.jsonl");
+    let config = scratch.file("config.yaml", &format!("sinks:\n  - {{ type: file, path: {out}, queue: 65536 }}\nthrottle: {{ perIdentityPerSecond: 200 }}\n"));
+    let policy = write_policy(&scratch, "policy.yaml", &streamer_policy(&scratch.path("secret"), free_port(), "      audit: all\n"));
+    let daemon = Daemon::start_with("throttle", vec![policy], vec!["--config".into(), config]);
+
+    let flood = 5_000;
+    let run = daemon.cli(&["run", "--identity", "streamer", "--", probe_path().to_str().unwrap(), "open-many", &flood.to_string(), &plain]);
+    assert!(text(&run).contains(&format!("opened {flood}")), "every open succeeds, capped or not: {}", text(&run));
+    // The summaries come once the capped seconds are over.
+    wait_for_lines(&out, 1, "a suppressed summary", |line| line["kind"] == "suppressed");
+    std::thread::sleep(Duration::from_millis(2500));
+    let lines = json_lines(&out);
+    let sent = lines.iter().filter(|line| line["kind"] == "file" && line["path"] == plain.as_str()).count() as u64;
+    let summaries: Vec<&Value> = lines.iter().filter(|line| line["kind"] == "suppressed").collect();
+    let held_back: u64 = summaries.iter().map(|line| line["suppressed"].as_u64().unwrap_or(0)).sum();
+    assert!(sent < flood, "the cap held events back: {sent} sent");
+    assert!(held_back > 0, "{summaries:?}");
+    assert!(sent + held_back >= flood, "nothing vanished: {sent} sent + {held_back} summarised < {flood}");
+    assert!(summaries[0]["rule"].as_str().is_some_and(|text| text.contains("events suppressed for identity streamer")), "{:?}", summaries[0]);
+    assert_eq!(summaries[0]["identity"], "streamer");
+    let report = status(&daemon);
+    assert_eq!(report["events_suppressed"].as_u64(), Some(held_back), "{report}");
+}
+
+/// `2026-12-01T19:42:52.123456789Z`-shaped.
+fn humantime_like(text: &str) -> bool {
+    text.len() >= 20 && text.as_bytes()[4] == b'-' && text.as_bytes()[10] == b'T' && text.ends_with('Z')
+}
