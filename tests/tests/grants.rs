@@ -220,6 +220,37 @@ fn a_webhook_that_never_answers_delays_neither_the_agent_nor_other_requests() {
 }
 
 #[test]
+fn grants_and_pending_requests_survive_a_daemon_restart() {
+    let scratch = TestDir::new("restart-grants-data");
+    std::fs::create_dir_all(scratch.path("bin")).unwrap();
+    let tool = scratch.path("bin/tool");
+    std::fs::copy(probe_path(), &tool).unwrap();
+    let secret = scratch.file("secret/key", "KEY");
+    let marker = scratch.path("marker");
+    let mut daemon = Daemon::start("restart-grants", vec![policy(&scratch, &tool, "kill")]);
+    let probe = probe_path().display().to_string();
+    let open = |daemon: &Daemon| daemon.cli(&["run", "--identity", "coder", "--", &probe, "open", &secret]);
+    assert_eq!(open(&daemon).status.code(), Some(128 + 9), "denied (killed on this backend) before the grant");
+    let granted = daemon.cli(&["grant", "coder", "--open", &secret, "--ttl", "5m", "--reason", "survives"]);
+    let grant_id = text(&granted).split_whitespace().next().unwrap().to_string();
+    let stopped = daemon.cli(&["run", "--identity", "coder", "--", &tool, "marker", &marker]);
+    assert_eq!(stopped.status.code(), Some(128 + 9), "step-up stops the tool");
+    std::thread::sleep(Duration::from_millis(300));
+    let request = json_field(&text(&daemon.cli(&["--json", "approvals"])), "id").expect("a pending request");
+
+    daemon.kill_hard();
+    daemon.spawn();
+    let grants = text(&daemon.cli(&["grants"]));
+    assert!(grants.contains(&grant_id) && grants.contains("survives"), "the grant is back: {grants}");
+    assert!(text(&open(&daemon)).contains("ok KEY"), "and in force in the kernel");
+    let approvals = text(&daemon.cli(&["--json", "approvals"]));
+    assert!(approvals.contains(&request) && approvals.contains("\"pending\""), "the request still waits: {approvals}");
+    assert!(text(&daemon.cli(&["approve", &request])).contains("approved"));
+    let retry = daemon.cli(&["run", "--identity", "coder", "--", &tool, "marker", &marker]);
+    assert_eq!(retry.status.code(), Some(0), "approved after the restart: {}", text(&retry));
+}
+
+#[test]
 fn revoke_takes_effect_before_the_command_returns() {
     let scratch = TestDir::new("revoke-data");
     let tool = scratch.path("bin/tool");

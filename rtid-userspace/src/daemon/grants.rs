@@ -81,6 +81,16 @@ pub struct ApprovalRequest {
     pub answer: Option<String>,
 }
 
+/// Grants and requests as saved under the state dir, so a restarted daemon
+/// keeps what operators granted and what agents are waiting for.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerState {
+    pub grants: Vec<Grant>,
+    pub requests: Vec<ApprovalRequest>,
+    pub next_grant: u64,
+    pub next_request: u64,
+}
+
 /// Grants and requests, owned by the daemon.
 pub struct Ledger {
     request_lifetime: Duration,
@@ -94,6 +104,28 @@ pub struct Ledger {
 impl Ledger {
     pub fn new(request_lifetime: Duration, max_grant_ttl: Duration) -> Ledger {
         Ledger { request_lifetime, max_grant_ttl, grants: Vec::new(), requests: BTreeMap::new(), next_grant: 0, next_request: 0 }
+    }
+
+    pub fn state(&self) -> LedgerState {
+        LedgerState {
+            grants: self.grants.clone(),
+            requests: self.requests.values().cloned().collect(),
+            next_grant: self.next_grant,
+            next_request: self.next_request,
+        }
+    }
+
+    /// Takes back a saved ledger (from this boot: times are boot-clock times).
+    pub fn restore(&mut self, state: LedgerState, now: u64) {
+        self.grants = state.grants;
+        self.requests = state
+            .requests
+            .into_iter()
+            .filter_map(|request| Some((request.id.strip_prefix("req-")?.parse().ok()?, request)))
+            .collect();
+        self.next_grant = state.next_grant;
+        self.next_request = state.next_request;
+        self.prune(now);
     }
 
     pub fn live(&self) -> &[Grant] {

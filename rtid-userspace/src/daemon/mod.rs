@@ -138,6 +138,40 @@ pub fn install(kernel: &mut RtidKernel, policy: &LoadedPolicy, derived: &[Identi
     Ok(())
 }
 
+/// `base` as delegated from `delegator` (named `delegator>base`).
+fn derived_identity(policy: &LoadedPolicy, base: &str, delegator: &str) -> anyhow::Result<IdentitySpec> {
+    let spec = policy.identities.iter().find(|i| i.name == base).ok_or_else(|| anyhow::anyhow!("unknown identity {base:?}"))?;
+    if !policy.identities.iter().any(|i| i.name == delegator) {
+        anyhow::bail!("unknown delegator {delegator:?}");
+    }
+    let mut derived = spec.clone();
+    derived.name = format!("{delegator}>{base}");
+    derived.delegated_by = Some(delegator.into());
+    Ok(derived)
+}
+
+/// Grants, requests and delegations saved by the previous daemon of this
+/// boot, so they are in force from the first install on.
+fn restore_saved(saved: &state::SavedState, policy: &LoadedPolicy, ledger: &mut grants::Ledger) -> Vec<IdentitySpec> {
+    if !saved.from_this_boot() {
+        return Vec::new();
+    }
+    ledger.restore(saved.ledger.clone(), crate::loader::boot_time_ns());
+    let derived: Vec<IdentitySpec> = saved
+        .delegations
+        .iter()
+        .filter_map(|(base, delegator)| match derived_identity(policy, base, delegator) {
+            Ok(spec) => Some(spec),
+            Err(error) => {
+                warn!(%error, "a saved delegation no longer applies");
+                None
+            }
+        })
+        .collect();
+    info!(grants = ledger.live().len(), delegations = derived.len(), "grants, requests and delegations restored");
+    derived
+}
+
 /// Reads and validates policy: the given files or directories, or the embedded default.
 pub fn read_policy(paths: &[PathBuf]) -> Result<LoadedPolicy, String> {
     let set = if paths.is_empty() {
@@ -166,18 +200,12 @@ impl Daemon {
         if self.kernel.identity_id(&name).is_some() {
             return Ok(name);
         }
-        let spec = self.policy.identities.iter().find(|i| i.name == base).ok_or_else(|| anyhow::anyhow!("unknown identity {base:?}"))?;
-        if !self.policy.identities.iter().any(|i| i.name == delegator) {
-            anyhow::bail!("unknown delegator {delegator:?}");
-        }
-        let mut derived = spec.clone();
-        derived.name = name.clone();
-        derived.delegated_by = Some(delegator.into());
-        self.derived.push(derived);
+        self.derived.push(derived_identity(&self.policy, base, delegator)?);
         if let Err(error) = self.reinstall() {
             self.derived.pop();
             return Err(error);
         }
+        state::save(self);
         Ok(name)
     }
 
@@ -199,7 +227,9 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
         kernel.restore_identity_ids(saved.identity_ids.clone());
         info!(pins = %options.pin_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default(), "adopted pinned programs and maps");
     }
-    install(&mut kernel, &policy, &[], &[])?;
+    let mut ledger = grants::Ledger::new(options.approval_timeout, options.max_grant_ttl);
+    let derived = restore_saved(&saved, &policy, &mut ledger);
+    install(&mut kernel, &policy, &derived, ledger.live())?;
     let backends = kernel.backends();
     info!(
         file = backends.file.name(),
@@ -215,8 +245,8 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     let daemon = Arc::new(Mutex::new(Daemon {
         kernel,
         policy,
-        grants: grants::Ledger::new(options.approval_timeout, options.max_grant_ttl),
-        derived: Vec::new(),
+        grants: ledger,
+        derived,
         labels,
         started,
         events_seen: 0,
@@ -317,6 +347,7 @@ async fn pump_events(reader: EventReader, daemon: Shared, events: broadcast::Sen
                 if let Err(error) = daemon.reinstall() {
                     warn!(%error, "removing a used single-use grant");
                 }
+                state::save(&daemon);
             }
             if record.flags.iter().any(|flag| flag == "quarantine_tripped") {
                 quarantine_tripped(&daemon, &record);
@@ -327,6 +358,7 @@ async fn pump_events(reader: EventReader, daemon: Shared, events: broadcast::Sen
                 let purpose = daemon.kernel.policy().identity(record.identity.as_deref().unwrap_or("")).and_then(|i| i.spec.purpose.clone());
                 if let Some(request) = daemon.grants.request_from(&record, owner, purpose, now) {
                     info!(request = %request, "approval requested");
+                    state::save(&daemon);
                     if let (Some(url), Some(body)) = (daemon.options.webhook.clone(), daemon.grants.request_json(&request)) {
                         // Never on the event path: the agent's failure and other requests do not wait for approvers.
                         tokio::spawn(webhook::notify(url, body));

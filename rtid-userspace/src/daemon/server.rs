@@ -237,6 +237,7 @@ fn dispatch(daemon: &Shared, request: Request, caller_pid: u32) -> Response {
         Request::Deny { request, reason } => match daemon.grants.deny(&request, reason, crate::loader::boot_time_ns()) {
             Ok(()) => {
                 info!(request, "approval request denied");
+                super::state::save(&daemon);
                 Response::Ok { message: format!("{request} denied") }
             }
             Err(problem) => error(problem),
@@ -261,6 +262,7 @@ fn install_grants(daemon: &mut super::Daemon, grant: &str, message: String) -> R
     match daemon.reinstall() {
         Ok(()) => {
             info!(grant, %message, "grants changed");
+            super::state::save(daemon);
             Response::Ok { message }
         }
         Err(failure) => {

@@ -1,6 +1,8 @@
 //! What must survive a daemon restart, kept under the state dir: identity
-//! ids (the numbers pinned maps hold) and labels. Written crash-safely:
-//! a temporary file, fsync, then rename over the old one.
+//! ids (the numbers pinned maps hold), labels, grants and approval requests,
+//! and launch-time delegations. Written crash-safely: a temporary file,
+//! fsync, then rename over the old one. Grants and requests carry boot-clock
+//! times, so they are taken back only within the same boot.
 
 use std::{
     collections::BTreeMap,
@@ -19,6 +21,26 @@ use crate::loader::RtidKernel;
 pub struct SavedState {
     pub identity_ids: BTreeMap<String, u32>,
     pub labels: Vec<SavedLabel>,
+    /// /proc/sys/kernel/random/boot_id when saved.
+    #[serde(default)]
+    pub boot_id: String,
+    #[serde(default)]
+    pub ledger: super::grants::LedgerState,
+    /// `rtid run --delegated-by`: (identity, delegator) pairs.
+    #[serde(default)]
+    pub delegations: Vec<(String, String)>,
+}
+
+/// This boot's id: boot-clock times from another boot mean nothing now.
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|id| id.trim().to_string()).unwrap_or_default()
+}
+
+impl SavedState {
+    /// Whether grants and requests saved here are from this boot.
+    pub fn from_this_boot(&self) -> bool {
+        !self.boot_id.is_empty() && self.boot_id == boot_id()
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -26,6 +48,8 @@ pub struct SavedLabel {
     pub pid: u32,
     pub identity: String,
     pub owner: Option<String>,
+    #[serde(default)]
+    pub purpose: Option<String>,
     pub source: String,
 }
 
@@ -53,8 +77,16 @@ pub fn save(daemon: &Daemon) {
                 pid: *pid,
                 identity: info.identity.clone(),
                 owner: info.owner.clone(),
+                purpose: info.purpose.clone(),
                 source: info.source.into(),
             })
+            .collect(),
+        boot_id: boot_id(),
+        ledger: daemon.grants.state(),
+        delegations: daemon
+            .derived
+            .iter()
+            .filter_map(|spec| Some((spec.name.rsplit('>').next()?.to_string(), spec.delegated_by.clone()?)))
             .collect(),
     };
     if let Err(error) = write_atomically(&state_file(&daemon.options.state_dir), &state) {
@@ -85,7 +117,7 @@ pub fn live_labels(saved: &SavedState, kernel: &RtidKernel) -> BTreeMap<u32, Lab
         })
         .map(|label| {
             let source = if label.source == "launcher" { "launcher" } else { "label" };
-            (label.pid, LabelInfo { identity: label.identity.clone(), owner: label.owner.clone(), purpose: None, source, labeled_at: Instant::now() })
+            (label.pid, LabelInfo { identity: label.identity.clone(), owner: label.owner.clone(), purpose: label.purpose.clone(), source, labeled_at: Instant::now() })
         })
         .collect()
 }
