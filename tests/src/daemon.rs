@@ -66,6 +66,9 @@ impl Daemon {
         self.child = Some(command.spawn().expect("start rtid daemon"));
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.cli(&["status"]).status.code() != Some(0) {
+            if let Some(status) = self.child.as_mut().and_then(|child| child.try_wait().ok().flatten()) {
+                panic!("rtid daemon exited before it was ready: {status}");
+            }
             assert!(Instant::now() < deadline, "daemon not ready within 30s");
             std::thread::sleep(Duration::from_millis(100));
         }

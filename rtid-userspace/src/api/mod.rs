@@ -106,6 +106,13 @@ pub struct StatusReport {
     pub map_fill: Vec<(String, usize, u32)>,
     pub uptime_seconds: u64,
     pub pinned: bool,
+    #[serde(default)]
+    pub node: String,
+    /// Every event sink (and the control socket's stream) with its deliveries and drops.
+    #[serde(default)]
+    pub sinks: Vec<crate::events::pipeline::SinkReport>,
+    #[serde(default)]
+    pub events_suppressed: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -117,6 +117,9 @@ enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// The audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Shell completions for bash, zsh, fish, ...
     Completions { shell: clap_complete::Shell },
     /// The man page (roff) on stdout.
@@ -159,6 +162,20 @@ struct DaemonArgs {
     /// Log format: text or json.
     #[arg(long, default_value = "text")]
     log_format: String,
+    /// Daemon configuration (YAML): event sinks and their formats, the audit
+    /// trail, the HTTP endpoint (/metrics, /events), the per-identity event cap.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of audit log files (any order; rotated ones too):
+    /// names the first record edited, removed, inserted or reordered.
+    Verify {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -260,6 +277,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status => simple(&socket, &Request::Status, json),
         Command::Events { follow, identity, verdict } => events(&socket, follow, identity, verdict, json),
         Command::Policy(command) => policy(&socket, command, json),
+        Command::Audit(AuditCommand::Verify { files }) => audit_verify(&files, json),
         Command::Grant(args) => grant(&socket, args, json),
         Command::Grants => simple(&socket, &Request::Grants, json),
         Command::Revoke { identity, kill } => simple(&socket, &Request::Revoke { identity, kill }, json),
@@ -292,7 +310,18 @@ fn run_daemon(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_INVALID));
         }
     }
+    let config = match &args.config {
+        Some(path) => match daemon::config::DaemonConfig::load(path) {
+            Ok(config) => config,
+            Err(problem) => {
+                eprintln!("rtid: --config {problem}");
+                return Ok(ExitCode::from(EXIT_INVALID));
+            }
+        },
+        None => daemon::config::DaemonConfig::default(),
+    };
     let options = DaemonOptions {
+        config,
         policy_paths: args.policy,
         state_dir: args.state_dir,
         pin_dir: (!args.no_pin).then_some(args.pin_dir),
@@ -307,6 +336,28 @@ fn run_daemon(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(daemon::run(options))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `rtid audit verify`: 0 when the chain holds, 1 naming the first tampered record.
+fn audit_verify(files: &[PathBuf], json: bool) -> anyhow::Result<ExitCode> {
+    match crate::audit::verify_files(files) {
+        Ok(summary) => {
+            if json {
+                println!("{}", serde_json::json!({ "ok": true, "summary": format!("{summary}") }));
+            } else {
+                println!("audit trail intact: {summary}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(tampering) => {
+            if json {
+                println!("{}", serde_json::json!({ "ok": false, "problem": tampering.to_string() }));
+            } else {
+                eprintln!("rtid: audit trail broken: {tampering}");
+            }
+            Ok(ExitCode::from(EXIT_FAILED))
+        }
+    }
 }
 
 /// Calls the daemon; maps "unreachable" to its own exit code.

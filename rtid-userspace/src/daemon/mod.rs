@@ -6,6 +6,7 @@ pub mod grants;
 mod webhook;
 mod server;
 pub mod state;
+pub mod streams;
 
 use std::{
     collections::BTreeMap,
@@ -15,7 +16,7 @@ use std::{
 };
 
 use anyhow::Context;
-use tokio::{io::unix::AsyncFd, sync::broadcast};
+use tokio::io::unix::AsyncFd;
 use tracing::{info, warn};
 
 use crate::{
@@ -45,6 +46,8 @@ pub struct DaemonOptions {
     pub webhook: Option<String>,
     /// Longest grant (or approval) TTL accepted.
     pub max_grant_ttl: std::time::Duration,
+    /// Sinks, audit trail, HTTP endpoint, event cap (`--config`).
+    pub config: config::DaemonConfig,
 }
 
 /// What a labeled process was given, for `rtid ps`.
@@ -69,6 +72,10 @@ pub struct Daemon {
     pub started: Instant,
     pub events_seen: u64,
     pub options: DaemonOptions,
+    pub streams: streams::Streams,
+    pub enricher: crate::events::enrich::Enricher,
+    /// Binary of each identified process, from its exec event.
+    pub exec_images: std::collections::HashMap<String, String>,
 }
 
 pub type Shared = Arc<Mutex<Daemon>>;
@@ -242,6 +249,12 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&options.state_dir).with_context(|| format!("creating {}", options.state_dir.display()))?;
     let socket = options.socket.clone();
     let labels = if kernel.adopted() { state::live_labels(&saved, &kernel) } else { BTreeMap::new() };
+    let (streams, http) = streams::Streams::start(&options.config, options.events_to_stdout).await?;
+    streams.audit_change(serde_json::json!({
+        "action": "daemon_start",
+        "policy_sources": policy.sources,
+        "adopted_pins": kernel.adopted(),
+    }));
     let daemon = Arc::new(Mutex::new(Daemon {
         kernel,
         policy,
@@ -251,18 +264,32 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
         started,
         events_seen: 0,
         options,
+        streams,
+        enricher: crate::events::enrich::Enricher::new(),
+        exec_images: std::collections::HashMap::new(),
     }));
-    let (events_tx, _) = broadcast::channel::<EventRecord>(4096);
-    tokio::spawn(pump_events(reader, daemon.clone(), events_tx.clone()));
+    tokio::spawn(pump_events(reader, daemon.clone()));
+    tokio::spawn(tick_throttle(daemon.clone()));
+    if let Some(http) = http {
+        let metrics_daemon = daemon.clone();
+        let metrics = Arc::new(move || crate::metrics::render(&metrics_snapshot(&metrics_daemon)));
+        tokio::spawn(async move {
+            if let Err(error) = crate::events::sinks::http::serve(http.listener, metrics, http.events).await {
+                warn!(%error, "http endpoint stopped");
+            }
+        });
+    }
     let listener = server::bind(&socket)?;
     info!(socket = %socket.display(), ready_in_ms = started.elapsed().as_millis() as u64, "rtid daemon ready");
-    let server = tokio::spawn(server::serve(listener, daemon.clone(), events_tx));
+    let server = tokio::spawn(server::serve(listener, daemon.clone()));
     state::save(&daemon.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
     wait_for_signals(daemon.clone()).await?;
     server.abort();
     let _ = std::fs::remove_file(&socket);
     let mut daemon = daemon.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     state::save(&daemon);
+    daemon.streams.audit_change(serde_json::json!({ "action": "daemon_stop", "unpin": daemon.options.unpin_on_exit }));
+    daemon.streams.close();
     if daemon.options.unpin_on_exit {
         daemon.kernel.unpin().context("removing pins")?;
         info!("pins removed: enforcement stops with the daemon");
@@ -293,6 +320,12 @@ fn reload(daemon: &Shared) {
     match read_policy(&daemon.options.policy_paths) {
         Ok(policy) => match install(&mut daemon.kernel, &policy, &daemon.derived, daemon.grants.live()) {
             Ok(()) => {
+                daemon.streams.audit_change(serde_json::json!({
+                    "action": "policy_reload",
+                    "trigger": "SIGHUP",
+                    "policy_sources": policy.sources,
+                    "generation": daemon.kernel.generation().unwrap_or(0),
+                }));
                 daemon.policy = policy;
                 info!("SIGHUP: policy reloaded");
             }
@@ -316,8 +349,10 @@ fn quarantine_tripped(daemon: &Daemon, record: &EventRecord) {
     }
 }
 
-/// Moves events from the kernel ring to subscribers (and stdout), naming identities and rules.
-async fn pump_events(reader: EventReader, daemon: Shared, events: broadcast::Sender<EventRecord>) {
+/// Moves events from the kernel ring to the streams, naming identities and
+/// rules and acting on what the daemon must follow up (single-use grants,
+/// quarantine kills, approval requests).
+async fn pump_events(reader: EventReader, daemon: Shared) {
     // SAFETY: the AsyncFd owns the reader, whose ring map descriptor stays
     // open and unchanged for as long as the reader lives.
     let mut ready = match unsafe { AsyncFd::register_with_interest(reader, tokio::io::Interest::READABLE) } {
@@ -336,40 +371,160 @@ async fn pump_events(reader: EventReader, daemon: Shared, events: broadcast::Sen
         }
         let mut daemon = daemon.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         daemon.events_seen += batch.len() as u64;
+        let clock = streams::WallClock::now();
         for event in &batch {
             if event.kind == rtid_common::EventKind::Exit as u8 {
                 daemon.labels.remove(&event.tgid);
             }
-            let record = EventRecord::from_event(event, &*daemon);
-            if record.verdict == "audit" && record.rule_id.as_deref().is_some_and(|id| daemon.grants.used(id)) {
-                // A single-use grant was used: recompile without it (the kernel
-                // already refuses a second use meanwhile).
-                if let Err(error) = daemon.reinstall() {
-                    warn!(%error, "removing a used single-use grant");
-                }
-                state::save(&daemon);
+            if event.kind == rtid_common::EventKind::Exec as u8 {
+                // A new image: what /proc said before the exec is stale.
+                daemon.enricher.forget(&format!("{}:{}", event.tgid, event.process_start_ns));
             }
-            if record.flags.iter().any(|flag| flag == "quarantine_tripped") {
-                quarantine_tripped(&daemon, &record);
+            let mut record = EventRecord::from_event(event, &*daemon);
+            daemon.enrich(&mut record, &clock);
+            follow_up(&mut daemon, &record);
+            if event.kind == rtid_common::EventKind::Exit as u8 {
+                daemon.enricher.forget(&record.process_key);
             }
-            if record.verdict == "step_up" {
-                let now = crate::loader::boot_time_ns();
-                let owner = daemon.kernel.policy().identity(record.identity.as_deref().unwrap_or("")).and_then(|i| i.spec.owner.clone());
-                let purpose = daemon.kernel.policy().identity(record.identity.as_deref().unwrap_or("")).and_then(|i| i.spec.purpose.clone());
-                if let Some(request) = daemon.grants.request_from(&record, owner, purpose, now) {
-                    info!(request = %request, "approval requested");
-                    state::save(&daemon);
-                    if let (Some(url), Some(body)) = (daemon.options.webhook.clone(), daemon.grants.request_json(&request)) {
-                        // Never on the event path: the agent's failure and other requests do not wait for approvers.
-                        tokio::spawn(webhook::notify(url, body));
-                    }
-                }
-            }
-            if daemon.options.events_to_stdout
-                && let Ok(line) = serde_json::to_string(&record) {
-                    println!("{line}");
-                }
-            let _ = events.send(record);
+            daemon.streams.emit(record);
         }
+    }
+}
+
+/// What the daemon does about an event besides passing it on.
+fn follow_up(daemon: &mut Daemon, record: &EventRecord) {
+    if record.verdict == "audit" && record.rule_id.as_deref().is_some_and(|id| daemon.grants.used(id)) {
+        // A single-use grant was used: recompile without it (the kernel
+        // already refuses a second use meanwhile).
+        daemon.streams.audit_change(serde_json::json!({ "action": "grant_used", "grant": record.rule_id }));
+        if let Err(error) = daemon.reinstall() {
+            warn!(%error, "removing a used single-use grant");
+        }
+        state::save(daemon);
+    }
+    if record.flags.iter().any(|flag| flag == "quarantine_tripped") {
+        daemon.streams.audit_change(serde_json::json!({ "action": "quarantine", "identity": record.identity, "tgid": record.tgid }));
+        quarantine_tripped(daemon, record);
+    }
+    if record.verdict == "step_up" {
+        let now = crate::loader::boot_time_ns();
+        if let Some(request) = daemon.grants.request_from(record, record.owner.clone(), record.purpose.clone(), now) {
+            info!(request = %request, "approval requested");
+            state::save(daemon);
+            daemon.streams.audit_change(serde_json::json!({
+                "action": "approval_requested",
+                "request": request,
+                "identity": record.identity,
+                "object": record.path.clone().or_else(|| record.address.clone()),
+            }));
+            if let (Some(url), Some(body)) = (daemon.options.webhook.clone(), daemon.grants.request_json(&request)) {
+                // Never on the event path: the agent's failure and other requests do not wait for approvers.
+                tokio::spawn(webhook::notify(url, body));
+            }
+        }
+    }
+}
+
+impl Daemon {
+    /// Adds what the kernel does not know: sequence, wall-clock time, node,
+    /// the identity's owner and purpose, the grant that decided, and the
+    /// process as /proc describes it.
+    fn enrich(&mut self, record: &mut EventRecord, clock: &streams::WallClock) {
+        record.seq = self.streams.next_seq();
+        record.time = clock.format(record.time_boot_ns);
+        record.node = self.streams.node.clone();
+        if record.tgid != 0 {
+            let kernel = &self.kernel;
+            let identity_of = |pid: u32| {
+                kernel.process_identity(pid).ok().flatten().map(|entry| kernel.identity_name(entry.identity).unwrap_or("?").to_string())
+            };
+            record.process = self.enricher.details(record.tgid, &record.process_key, record.uid, &identity_of);
+            self.fill_exe_from_exec(record);
+        }
+        if let Some(name) = record.identity.as_deref()
+            && let Some(identity) = self.kernel.policy().identity(name)
+        {
+            record.owner = identity.spec.owner.clone();
+            record.purpose = identity.spec.purpose.clone();
+        }
+        // `rtid run --owner/--purpose` name the launch more precisely than the
+        // policy, for the launched process and everything below it.
+        let launch = std::iter::once(record.tgid)
+            .chain(record.process.ancestry.iter().map(|ancestor| ancestor.pid))
+            .chain(std::iter::once(record.parent_tgid))
+            .find_map(|pid| self.labels.get(&pid));
+        if let Some(label) = launch {
+            record.owner = label.owner.clone().or(record.owner.take());
+            record.purpose = label.purpose.clone().or(record.purpose.take());
+        }
+        if let Some(rule_id) = record.rule_id.as_deref()
+            && let Some(grant) = self.grants.find(rule_id)
+        {
+            record.grant_id = Some(grant.id.clone());
+            record.approval_id = grant.request.clone();
+        }
+    }
+
+    /// The kernel named the binary at exec: that answers `exe` for the
+    /// process's later events even once /proc no longer can.
+    fn fill_exe_from_exec(&mut self, record: &mut EventRecord) {
+        if record.kind == "exec"
+            && let Some(path) = &record.path
+        {
+            if self.exec_images.len() >= EXEC_IMAGES_CAPACITY {
+                self.exec_images.clear();
+            }
+            self.exec_images.insert(record.process_key.clone(), path.clone());
+        }
+        if record.process.exe.is_none()
+            && let Some(exe) = self.exec_images.get(&record.process_key)
+        {
+            record.process.exe = Some(exe.clone());
+            record.process.unavailable.retain(|field| field != "exe");
+        }
+        if record.kind == "exit" {
+            self.exec_images.remove(&record.process_key);
+        }
+    }
+}
+
+/// Processes whose exec image the daemon remembers (cleared when full:
+/// entries go at exit, so only leaked ones would fill it).
+const EXEC_IMAGES_CAPACITY: usize = 65536;
+
+/// Summaries for identities whose capped second ended quietly.
+async fn tick_throttle(daemon: Shared) {
+    let mut interval = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        interval.tick().await;
+        let mut guard = daemon.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let daemon = &mut *guard;
+        let kernel = &daemon.kernel;
+        let names = |id: u32| kernel.identity_name(id).map(str::to_string);
+        daemon.streams.flush_throttle(crate::loader::boot_time_ns(), &names);
+    }
+}
+
+/// What /metrics shows, read from the daemon at scrape time.
+fn metrics_snapshot(daemon: &Shared) -> crate::metrics::MetricsSnapshot {
+    let mut daemon = daemon.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let counters = daemon.kernel.counters().unwrap_or_default();
+    let now = crate::loader::boot_time_ns();
+    let approvals_pending = daemon.grants.requests(now).iter().filter(|request| request.state == grants::RequestState::Pending).count() as u64;
+    let (audit_records, audit_dropped) = daemon.streams.audit_stats();
+    crate::metrics::MetricsSnapshot {
+        node: daemon.streams.node.clone(),
+        events: daemon.streams.counts(),
+        kernel_ring_drops: counters.ring_full_drops,
+        hook_errors: counters.hook_errors,
+        actions_judged: counters.judged,
+        sinks: daemon.streams.reports(),
+        map_fill: daemon.kernel.map_fill(),
+        policy_generation: daemon.kernel.generation().unwrap_or(0),
+        approvals_pending,
+        events_suppressed: daemon.streams.suppressed_total(),
+        audit_records,
+        audit_dropped,
+        uptime_seconds: daemon.started.elapsed().as_secs(),
     }
 }

@@ -27,11 +27,11 @@ pub fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-pub async fn serve(listener: UnixListener, daemon: Shared, events: broadcast::Sender<EventRecord>) {
+pub async fn serve(listener: UnixListener, daemon: Shared) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let daemon = daemon.clone();
-        let events = events.subscribe();
+        let events = daemon.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).streams.subscribe();
         tokio::spawn(async move {
             if let Err(error) = handle(stream, daemon, events).await {
                 warn!(%error, "control connection");
@@ -55,9 +55,16 @@ async fn handle(stream: UnixStream, daemon: Shared, mut events: broadcast::Recei
             }
             Ok(()) => {
                 if let Request::Events { follow, identity, verdicts } = &request {
-                    return stream_events(&mut write_half, &mut events, *follow, identity.clone(), verdicts.clone()).await;
+                    let dropped = daemon.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).streams.socket_stats.clone();
+                    return stream_events(&mut write_half, &mut events, &dropped, *follow, identity.clone(), verdicts.clone()).await;
                 }
-                dispatch(&daemon, request, caller_pid)
+                let change = change_record(&request, credentials.uid(), caller_pid);
+                let response = dispatch(&daemon, request, caller_pid);
+                if let (Some(mut change), Response::Ok { message }) = (change, &response) {
+                    change["result"] = serde_json::Value::String(message.clone());
+                    daemon.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).streams.audit_change(change);
+                }
+                response
             }
         },
     };
@@ -97,9 +104,35 @@ fn group_id(name: &str) -> Option<u32> {
     })
 }
 
+/// What an accepted change request did, for the audit trail (None for reads).
+/// Policy documents are recorded by name and SHA-256, not in full.
+fn change_record(request: &Request, uid: u32, pid: u32) -> Option<serde_json::Value> {
+    let mut body = match request {
+        Request::Status | Request::Ps | Request::PolicyExplain { .. } | Request::Grants | Request::Approvals | Request::Events { .. } => {
+            return None;
+        }
+        Request::PolicyApply { documents } => serde_json::json!({
+            "action": "policy_apply",
+            "documents": documents.iter().map(|(name, text)| serde_json::json!({
+                "name": name,
+                "sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes())),
+            })).collect::<Vec<_>>(),
+        }),
+        other => {
+            // Requests serialise with their name in `call`: that is the action.
+            let mut fields = serde_json::to_value(other).ok()?;
+            let action = fields.as_object_mut().and_then(|object| object.remove("call")).unwrap_or_default();
+            serde_json::json!({ "action": action, "request": fields })
+        }
+    };
+    body["caller"] = serde_json::json!({ "uid": uid, "pid": pid });
+    Some(body)
+}
+
 async fn stream_events(
     writer: &mut tokio::net::unix::OwnedWriteHalf,
     events: &mut broadcast::Receiver<EventRecord>,
+    stats: &crate::events::pipeline::SinkStats,
     follow: bool,
     identity: Option<String>,
     verdicts: Vec<String>,
@@ -111,6 +144,7 @@ async fn stream_events(
         let record = match events.recv().await {
             Ok(record) => record,
             Err(broadcast::error::RecvError::Lagged(missed)) => {
+                stats.dropped(missed);
                 write(writer, &Response::Error { message: format!("{missed} events skipped: this client reads too slowly") }).await?;
                 continue;
             }
@@ -123,6 +157,7 @@ async fn stream_events(
             continue;
         }
         write(writer, &Response::Event(Box::new(record))).await?;
+        stats.delivered(1);
     }
 }
 
@@ -312,6 +347,9 @@ fn status(daemon: &super::Daemon) -> Response {
         map_fill: daemon.kernel.map_fill(),
         uptime_seconds: daemon.started.elapsed().as_secs(),
         pinned: daemon.kernel.pin_dir().is_some(),
+        node: daemon.streams.node.clone(),
+        sinks: daemon.streams.reports(),
+        events_suppressed: daemon.streams.suppressed_total(),
     })
 }
 

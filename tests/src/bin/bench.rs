@@ -51,6 +51,7 @@ const TRUE_BINARY: &str = "/bin/true";
 const DEFAULT_LABEL: &str = "host, native";
 const VM_LABEL: &str = "VM, Debian kernel with BPF LSM under qemu TCG (emulated)";
 
+#[path = "bench/pipeline.rs"]
 mod pipeline;
 
 fn main() -> ExitCode {
