@@ -139,7 +139,8 @@ fn the_embedded_default_stops_an_agent_reading_an_ssh_key_and_the_cli_explains_i
     let wanted = key.clone();
     std::thread::spawn(move || {
         for line in lines.map_while(Result::ok) {
-            if line.contains(&wanted) {
+            // The file event (the exec event names the key too, in the command line).
+            if line.contains(&wanted) && line.contains("\"kind\":\"file\"") {
                 let _ = found_tx.send(line);
                 break;
             }

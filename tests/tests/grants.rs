@@ -300,7 +300,8 @@ fn delegation_only_narrows_and_revoking_the_delegator_revokes_the_delegate() {
     let wanted = secret.clone();
     std::thread::spawn(move || {
         for line in lines.map_while(Result::ok) {
-            if line.contains(&wanted) {
+            // The file event (the exec event names the secret too, in the command line).
+            if line.contains(&wanted) && line.contains("\"kind\":\"file\"") {
                 let _ = tx.send(line);
                 break;
             }

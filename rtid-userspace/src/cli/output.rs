@@ -34,6 +34,8 @@ pub fn print(response: &Response, json: bool) -> ExitCode {
                 ("events per second", format!("{:.1}", status.events_per_second)),
                 ("ring-full drops", status.ring_full_drops.to_string()),
                 ("hook errors", status.hook_errors.to_string()),
+                ("events suppressed (cap)", status.events_suppressed.to_string()),
+                ("node", status.node.clone()),
                 ("uptime", format!("{}s", status.uptime_seconds)),
             ];
             let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
@@ -44,6 +46,12 @@ pub fn print(response: &Response, json: bool) -> ExitCode {
             println!("{:<20} {:>8} {:>8}", "MAP", "ENTRIES", "CAPACITY");
             for (map, used, capacity) in &status.map_fill {
                 println!("{map:<20} {used:>8} {capacity:>8}");
+            }
+            println!();
+            println!("{:<40} {:<5} {:>10} {:>10} {:>8} {:>12}", "SINK", "FORMAT", "DELIVERED", "DROPPED", "ERRORS", "QUEUE");
+            for sink in &status.sinks {
+                let queue = format!("{}/{}", sink.queue_depth, sink.queue_capacity);
+                println!("{:<40} {:<5} {:>10} {:>10} {:>8} {:>12}", sink.name, sink.format, sink.delivered, sink.dropped, sink.errors, queue);
             }
         }
         Response::Ps { processes } => {
