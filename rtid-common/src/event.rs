@@ -46,7 +46,6 @@ impl EventKind {
             EventKind::Exit => "exit",
             EventKind::IdentityChange => "identity_change",
             EventKind::Tamper => "tamper",
-
         }
     }
 }

@@ -122,8 +122,7 @@ impl RuleMatch {
     /// Longest match wins; at equal length the stricter verdict wins.
     #[inline(always)]
     pub fn beats(&self, other: &RuleMatch) -> bool {
-        self.match_len > other.match_len
-            || (self.match_len == other.match_len && self.verdict > other.verdict)
+        self.match_len > other.match_len || (self.match_len == other.match_len && self.verdict > other.verdict)
     }
 }
 
@@ -198,7 +197,8 @@ pub fn stricter(a: (Verdict, Option<RuleMatch>), b: (Verdict, Option<RuleMatch>)
     if b.0 > a.0 { b } else { a }
 }
 
-const ACCESS_BITS: [u8; 3] = [crate::verdict::access::READ, crate::verdict::access::WRITE, crate::verdict::access::EXEC];
+const ACCESS_BITS: [u8; 3] =
+    [crate::verdict::access::READ, crate::verdict::access::WRITE, crate::verdict::access::EXEC];
 
 /// The winning candidate of one trie entry for each requested access bit.
 /// `settle` is applied to each result (the kernel passes it through map memory

@@ -6,7 +6,9 @@ use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
     generated::{bpf_get_current_comm as bpf_get_current_comm_raw, bpf_probe_read_kernel},
 };
-use rtid_common::{counter, Backend, DecisionSource, Event, EventKind, NetObject, Verdict, EVENT_PATH_BYTES, EVENT_WIRE_VERSION};
+use rtid_common::{
+    Backend, DecisionSource, EVENT_PATH_BYTES, EVENT_WIRE_VERSION, Event, EventKind, NetObject, Verdict, counter,
+};
 
 /// `sizeof(sockaddr_un.sun_path)`.
 pub const UNIX_PATH_BYTES: usize = 108;
@@ -15,8 +17,8 @@ use crate::{
     judge::{Decision, Enforcement},
     kernel::current_task,
     maps::offset,
-    maps::{count, EVENTS},
-    path::{opaque, PathScratch, ResolvedPath},
+    maps::{EVENTS, count},
+    path::{PathScratch, ResolvedPath, opaque},
 };
 
 /// The fields of an event that vary by hook.
@@ -88,11 +90,21 @@ pub fn emit(facts: &EventFacts, decision: &Decision, enforcement: &Enforcement, 
         (*event).tgid = (pid_tgid >> 32) as u32;
         // Straight-line reads into the event (a failed read leaves zeros):
         // error branches here would be verified once per state reaching emit.
-        read_chain_into(&mut (*event).parent_tgid as *mut u32 as *mut u8, 4, offset!(task_real_parent), offset!(task_tgid));
+        read_chain_into(
+            &mut (*event).parent_tgid as *mut u32 as *mut u8,
+            4,
+            offset!(task_real_parent),
+            offset!(task_tgid),
+        );
         (*event).uid = bpf_get_current_uid_gid() as u32;
         (*event).identity = facts.identity;
         (*event).rule_id = decision.rule_id;
-        read_chain_into(&mut (*event).process_start_ns as *mut u64 as *mut u8, 8, offset!(task_group_leader), offset!(task_start_boottime));
+        read_chain_into(
+            &mut (*event).process_start_ns as *mut u64 as *mut u8,
+            8,
+            offset!(task_group_leader),
+            offset!(task_start_boottime),
+        );
         (*event).cgroup_id = bpf_get_current_cgroup_id();
         (*event).related_tgid = facts.related_tgid;
         (*event).generation = facts.generation;

@@ -8,14 +8,14 @@ use aya_ebpf::{
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use rtid_common::{access, counter, label_source, Backend, EventKind, ProcessIdentity, SELECTOR_RULESET, SIGKILL};
+use rtid_common::{Backend, EventKind, ProcessIdentity, SELECTOR_RULESET, SIGKILL, access, counter, label_source};
 
 use crate::{
-    events::{emit, EventFacts, EventObject},
+    events::{EventFacts, EventObject, emit},
     identity::bound_cgroup_identity,
-    judge::{decide_path_action, active_policy, enforce_for, identity_of, Enforcement},
-    kernel::{binprm_file, current_task, file_path, offsets_valid, process_start_ns, KernelPtr, ReadError},
-    maps::{count, BACKEND_CONFIG, EXEC_SELECTORS, PROCESS_IDENTITY, RUNTIME_STATE},
+    judge::{Enforcement, active_policy, decide_path_action, enforce_for, identity_of},
+    kernel::{KernelPtr, ReadError, binprm_file, current_task, file_path, offsets_valid, process_start_ns},
+    maps::{BACKEND_CONFIG, EXEC_SELECTORS, PROCESS_IDENTITY, RUNTIME_STATE, count},
     path::{build_keys, resolve, scratch},
 };
 

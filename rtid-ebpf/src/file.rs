@@ -8,13 +8,13 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use rtid_common::{access, counter, Backend, EventKind, ProcessIdentity, FMODE_READ, FMODE_WRITE, SIGKILL};
+use rtid_common::{Backend, EventKind, FMODE_READ, FMODE_WRITE, ProcessIdentity, SIGKILL, access, counter};
 
 use crate::{
-    events::{emit, EventFacts, EventObject},
-    judge::{decide_path_action, active_policy, enforce_for, identity_of, should_report, Enforcement},
-    kernel::{current_task, file_mode, file_of_fd, file_path, offsets_valid, KernelPtr, ReadError},
-    maps::{count, BACKEND_CONFIG},
+    events::{EventFacts, EventObject, emit},
+    judge::{Enforcement, active_policy, decide_path_action, enforce_for, identity_of, should_report},
+    kernel::{KernelPtr, ReadError, current_task, file_mode, file_of_fd, file_path, offsets_valid},
+    maps::{BACKEND_CONFIG, count},
     path::{resolve, scratch},
 };
 

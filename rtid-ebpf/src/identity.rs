@@ -6,13 +6,13 @@ use aya_ebpf::{
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use rtid_common::{counter, label_source, Backend, EventKind, ProcessIdentity};
+use rtid_common::{Backend, EventKind, ProcessIdentity, counter, label_source};
 
 use crate::{
-    events::{emit, EventFacts, EventObject, LIFECYCLE},
+    events::{EventFacts, EventObject, LIFECYCLE, emit},
     judge::{active_policy, identity_of},
-    kernel::{offsets_valid, process_start_ns, task_pid, task_tgid, thread_group_dead, KernelPtr, ReadError},
-    maps::{count, CGROUP_IDENTITY, PROCESS_IDENTITY, RUNTIME_STATE},
+    kernel::{KernelPtr, ReadError, offsets_valid, process_start_ns, task_pid, task_tgid, thread_group_dead},
+    maps::{CGROUP_IDENTITY, PROCESS_IDENTITY, RUNTIME_STATE, count},
 };
 
 /// Cgroup levels searched for a bound ancestor.

@@ -3,18 +3,17 @@
 //! hook family and both backends.
 
 use aya_ebpf::helpers::bpf_ktime_get_boot_ns;
-use rtid_common::{
-    access, decide_address, decide_path, event_flags, mode, select_path_rule,
-    DecisionSource, IdentityId, IdentityPolicy, IdentityPolicyKey, IdentityStatus, NetKey, Outcome, PathKey,
-    ProcessIdentity, RuleMatch, Verdict, EACCES, EPERM,
-};
 use aya_ebpf::maps::lpm_trie::Key;
-
-use crate::path::{build_keys, PathScratch, ResolvedPath};
-use crate::maps::{
-    IDENTITY_POLICY, IDENTITY_STATUS, NET_RULES, PATH_PREFIX_RULES, PATH_SUFFIX_RULES,
-    PROCESS_IDENTITY, RUNTIME_STATE,
+use rtid_common::{
+    DecisionSource, EACCES, EPERM, IdentityId, IdentityPolicy, IdentityPolicyKey, IdentityStatus, NetKey, Outcome,
+    PathKey, ProcessIdentity, RuleMatch, Verdict, access, decide_address, decide_path, event_flags, mode,
+    select_path_rule,
 };
+
+use crate::maps::{
+    IDENTITY_POLICY, IDENTITY_STATUS, NET_RULES, PATH_PREFIX_RULES, PATH_SUFFIX_RULES, PROCESS_IDENTITY, RUNTIME_STATE,
+};
+use crate::path::{PathScratch, ResolvedPath, build_keys};
 
 /// The calling process's identity: the one lookup every hook makes before
 /// anything else. `None` is the untagged fast path.
@@ -223,7 +222,8 @@ pub fn judge_address(key: &Key<NetKey>, port: u16, protocol_bit: u8, default: u8
 /// Judges a unix socket path (exact or directory-prefix rules).
 #[inline(always)]
 pub fn judge_unix(key: &Key<PathKey>, default: u8, now_ns: u64) -> Decision {
-    let found = settle_match(crate::maps::UNIX_RULES.get(key).and_then(|list| select_path_rule(list, access::ALL, now_ns)));
+    let found =
+        settle_match(crate::maps::UNIX_RULES.get(key).and_then(|list| select_path_rule(list, access::ALL, now_ns)));
     settle_decision(Decision::from_pair(Decision::from_match(found, default)))
 }
 
@@ -327,7 +327,8 @@ fn note_refusal(identity: IdentityId, now_ns: u64) -> Option<bool> {
     }
     state.tripped = 1;
     // SAFETY: copied out at once (see identity_of).
-    let revoked = IdentityStatus { revoked: 1, ..unsafe { IDENTITY_STATUS.get(&identity) }.copied().unwrap_or_default() };
+    let revoked =
+        IdentityStatus { revoked: 1, ..unsafe { IDENTITY_STATUS.get(&identity) }.copied().unwrap_or_default() };
     let _ = IDENTITY_STATUS.insert(&identity, &revoked, 0);
     Some(state.then_kill != 0)
 }

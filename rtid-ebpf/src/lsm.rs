@@ -8,15 +8,15 @@ use aya_ebpf::{
     macros::lsm,
     programs::LsmContext,
 };
-use rtid_common::{counter, Backend, EventKind, NetObject, Outcome, AF_INET, AF_INET6, AF_UNIX, FMODE_EXEC, SIGKILL};
+use rtid_common::{AF_INET, AF_INET6, AF_UNIX, Backend, EventKind, FMODE_EXEC, NetObject, Outcome, SIGKILL, counter};
 
 use crate::{
     exec::judge_exec,
     file::judge_file,
-    judge::{identity_of, Enforcement},
-    kernel::{file_flags, file_mode, read_at, KernelPtr, ReadError},
+    judge::{Enforcement, identity_of},
+    kernel::{KernelPtr, ReadError, file_flags, file_mode, read_at},
     maps::{count, offset},
-    net::{judge_inet, judge_unix_path, read_unix_path, UserOrKernel},
+    net::{UserOrKernel, judge_inet, judge_unix_path, read_unix_path},
     path::scratch,
 };
 
@@ -40,7 +40,11 @@ fn lsm_return(enforcement: &Enforcement) -> i32 {
 /// Runs `judge` for a tagged caller unless an earlier LSM already refused
 /// the call (its return value is passed as the argument after the hook's own).
 #[inline(always)]
-fn tagged_hook(ctx: &LsmContext, previous_arg: usize, judge: impl FnOnce(&rtid_common::ProcessIdentity) -> Result<Enforcement, ReadError>) -> i32 {
+fn tagged_hook(
+    ctx: &LsmContext,
+    previous_arg: usize,
+    judge: impl FnOnce(&rtid_common::ProcessIdentity) -> Result<Enforcement, ReadError>,
+) -> i32 {
     let previous: i32 = ctx.arg(previous_arg);
     if previous != 0 {
         return previous;

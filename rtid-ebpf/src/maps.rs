@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use rtid_common::{
-    counter, BackendConfig, IdentityId, IdentityPolicy, IdentityPolicyKey, IdentityStatus,
-    KernelOffsets, NetKey, NetRuleList, PathKey, PathRuleList, ProcessIdentity, QuarantineState, RuntimeState,
+    BackendConfig, IdentityId, IdentityPolicy, IdentityPolicyKey, IdentityStatus, KernelOffsets, NetKey, NetRuleList,
+    PathKey, PathRuleList, ProcessIdentity, QuarantineState, RuntimeState, counter,
 };
 
 use crate::path::PathScratch;
@@ -41,7 +41,8 @@ pub static ONCE_RULES: HashMap<u32, u32> = HashMap::with_max_entries(rtid_common
 
 /// Per-identity quarantine thresholds and counters.
 #[map]
-pub static QUARANTINE: HashMap<IdentityId, QuarantineState> = HashMap::with_max_entries(rtid_common::limits::MAX_QUARANTINES, 0);
+pub static QUARANTINE: HashMap<IdentityId, QuarantineState> =
+    HashMap::with_max_entries(rtid_common::limits::MAX_QUARANTINES, 0);
 
 /// Active policy slot and generation.
 #[map]
@@ -121,15 +122,13 @@ pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
 /// Reads one kernel offset through a volatile load so the compiler cannot fold
 /// the zero initialiser: the real values are patched into `.rodata` at load time.
 macro_rules! offset {
-    ($field:ident) => {
-        {
-            // SAFETY: KERNEL_OFFSETS is a valid, aligned static; the volatile
-            // read only prevents constant folding.
-            #[allow(unused_unsafe)]
-            let value = unsafe { core::ptr::read_volatile(&$crate::maps::KERNEL_OFFSETS.$field) };
-            value as usize
-        }
-    };
+    ($field:ident) => {{
+        // SAFETY: KERNEL_OFFSETS is a valid, aligned static; the volatile
+        // read only prevents constant folding.
+        #[allow(unused_unsafe)]
+        let value = unsafe { core::ptr::read_volatile(&$crate::maps::KERNEL_OFFSETS.$field) };
+        value as usize
+    }};
 }
 pub(crate) use offset;
 

@@ -8,9 +8,9 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_send_signal,
         generated::{
-            bpf_probe_read_kernel as bpf_probe_read_kernel_raw, bpf_probe_read_kernel_str as bpf_probe_read_kernel_str_raw,
-            bpf_probe_read_user as bpf_probe_read_user_raw, bpf_probe_read_user_str as bpf_probe_read_user_str_raw,
-            bpf_set_retval,
+            bpf_probe_read_kernel as bpf_probe_read_kernel_raw,
+            bpf_probe_read_kernel_str as bpf_probe_read_kernel_str_raw, bpf_probe_read_user as bpf_probe_read_user_raw,
+            bpf_probe_read_user_str as bpf_probe_read_user_str_raw, bpf_set_retval,
         },
     },
     macros::{cgroup_sock_addr, tracepoint},
@@ -18,16 +18,19 @@ use aya_ebpf::{
     programs::{SockAddrContext, TracePointContext},
 };
 use rtid_common::{
-    counter, protocol, Backend, EventKind, NetKey, NetObject, Outcome, ProcessIdentity, AF_INET,
-    AF_INET6, AF_UNIX, EACCES, PATH_KEY_BYTES, RULESET_PREFIX_BITS, SIGKILL,
+    AF_INET, AF_INET6, AF_UNIX, Backend, EACCES, EventKind, NetKey, NetObject, Outcome, PATH_KEY_BYTES,
+    ProcessIdentity, RULESET_PREFIX_BITS, SIGKILL, counter, protocol,
 };
 
 use crate::{
-    events::{emit, EventFacts, EventObject, UNIX_PATH_BYTES},
-    judge::{settle_action, active_policy, enforce_for, identity_of, judge_address, judge_unix, should_report, status_override, Enforcement},
+    events::{EventFacts, EventObject, UNIX_PATH_BYTES, emit},
+    judge::{
+        Enforcement, active_policy, enforce_for, identity_of, judge_address, judge_unix, settle_action, should_report,
+        status_override,
+    },
     kernel::ReadError,
-    maps::{count, BACKEND_CONFIG},
-    path::{opaque, scratch, PathScratch},
+    maps::{BACKEND_CONFIG, count},
+    path::{PathScratch, opaque, scratch},
 };
 
 const ALLOW: i32 = 1;
@@ -134,13 +137,7 @@ fn read_sock_addr(ctx: &SockAddrContext, family: u16) -> NetObject {
         IPPROTO_UDP => protocol::UDP,
         _ => 0,
     };
-    NetObject {
-        family,
-        port: u16::from_be(user_port as u16),
-        protocol,
-        _pad: [0; 3],
-        addr,
-    }
+    NetObject { family, port: u16::from_be(user_port as u16), protocol, _pad: [0; 3], addr }
 }
 
 #[inline(always)]
@@ -250,7 +247,12 @@ pub enum UserOrKernel {
 /// The string helpers measure the path, so there is no scanning loop whose
 /// many exits the verifier would have to follow separately.
 #[inline(always)]
-pub fn read_unix_path(scratch: &mut PathScratch, sun_path: u64, max_len: usize, from: UserOrKernel) -> Result<usize, ReadError> {
+pub fn read_unix_path(
+    scratch: &mut PathScratch,
+    sun_path: u64,
+    max_len: usize,
+    from: UserOrKernel,
+) -> Result<usize, ReadError> {
     let max_len = if max_len > UNIX_PATH_BYTES { UNIX_PATH_BYTES } else { max_len };
     let destination = scratch.prefix_key.data.path.as_mut_ptr() as *mut _;
     let source = sun_path as *const _;

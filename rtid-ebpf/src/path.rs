@@ -5,11 +5,11 @@
 //! this but is only allowed in LSM and some fentry programs.)
 
 use aya_ebpf::{helpers::generated::bpf_probe_read_kernel, maps::lpm_trie::Key};
-use rtid_common::{PathKey, PATH_KEY_BYTES, RULESET_PREFIX_BITS};
+use rtid_common::{PATH_KEY_BYTES, PathKey, RULESET_PREFIX_BITS};
 
 use crate::{
-    kernel::{read_at, read_ptr, KernelPtr, ReadError},
-    maps::{offset, PATH_SCRATCH},
+    kernel::{KernelPtr, ReadError, read_at, read_ptr},
+    maps::{PATH_SCRATCH, offset},
 };
 
 /// Half the scratch buffer. The path is built backwards ending at `HALF`, and

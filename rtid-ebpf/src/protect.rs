@@ -8,11 +8,11 @@ use aya_ebpf::{
     macros::{lsm, tracepoint},
     programs::{LsmContext, TracePointContext},
 };
-use rtid_common::{Backend, DecisionSource, EventKind, Outcome, ProcessIdentity, Verdict, EPERM, SIGKILL};
+use rtid_common::{Backend, DecisionSource, EPERM, EventKind, Outcome, ProcessIdentity, SIGKILL, Verdict};
 
 use crate::{
-    events::{emit, EventFacts, EventObject},
-    judge::{active_policy, identity_of, Decision, Enforcement},
+    events::{EventFacts, EventObject, emit},
+    judge::{Decision, Enforcement, active_policy, identity_of},
 };
 
 #[inline(always)]

@@ -36,7 +36,9 @@ pub fn fork_paused(argv: &[String], capture_stdout: bool) -> io::Result<PausedCh
     // multithreaded parent only async-signal-safe calls are allowed.
     let c_args: Vec<CString> = argv
         .iter()
-        .map(|arg| CString::new(arg.as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in argument")))
+        .map(|arg| {
+            CString::new(arg.as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in argument"))
+        })
         .collect::<Result<_, _>>()?;
     let mut c_argv: Vec<*const libc::c_char> = c_args.iter().map(|arg| arg.as_ptr()).collect();
     c_argv.push(std::ptr::null());

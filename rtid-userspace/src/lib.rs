@@ -11,3 +11,4 @@ pub mod launch;
 pub mod loader;
 pub mod metrics;
 pub mod policy;
+pub mod rotation;

@@ -195,8 +195,7 @@ mod tests {
 
     /// The value of the sample written exactly as `series` (name and labels).
     fn sample(page: &str, series: &str) -> Option<String> {
-        page.lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ').map(str::to_string))
+        page.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ').map(str::to_string))
     }
 
     #[test]

@@ -11,7 +11,8 @@ use crate::*;
 /// The `rtid` binary: `RTID_BINARY`, or the one in the test executable's
 /// profile dir (`cargo xtask test` builds it first).
 pub fn rtid_binary() -> PathBuf {
-    let binary = std::env::var_os("RTID_BINARY").map(PathBuf::from).unwrap_or_else(|| probe_path().with_file_name("rtid"));
+    let binary =
+        std::env::var_os("RTID_BINARY").map(PathBuf::from).unwrap_or_else(|| probe_path().with_file_name("rtid"));
     assert!(
         binary.exists(),
         "no rtid binary at {}: build it with `cargo build -p rtid-userspace` (cargo xtask test does) or set RTID_BINARY",
@@ -117,4 +118,3 @@ pub fn coder_policy(secret_dir: &str, action: &str) -> String {
         "apiVersion: rtid.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: test\nspec:\n  identities:\n    - name: coder\n      owner: alice@example.com\n      files:\n        - {{ id: secret, path: {secret_dir}/, action: {action} }}\n"
     )
 }
-

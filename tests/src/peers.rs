@@ -174,7 +174,12 @@ fn dechunk(body: &str) -> String {
 
 /// JSON lines read from a streaming response until `wanted` of them matched
 /// `filter` or `timeout` passed.
-pub fn read_json_lines(stream: &mut TcpStream, timeout: Duration, wanted: usize, filter: impl Fn(&serde_json::Value) -> bool) -> Vec<serde_json::Value> {
+pub fn read_json_lines(
+    stream: &mut TcpStream,
+    timeout: Duration,
+    wanted: usize,
+    filter: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<serde_json::Value> {
     stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     let deadline = Instant::now() + timeout;
     let mut buffered = String::new();

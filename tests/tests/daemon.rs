@@ -36,7 +36,20 @@ fn agent_denied_apply_live_restart_adopts_pins_and_agents_cannot_use_the_api() {
     std::thread::sleep(Duration::from_millis(300));
 
     // A labeled process cannot use the API.
-    let inside = daemon.cli(&["run", "--identity", "coder", "--", rtid_binary().to_str().unwrap(), "--socket", &daemon.socket(), "label", "--pid", "1", "--identity", "coder"]);
+    let inside = daemon.cli(&[
+        "run",
+        "--identity",
+        "coder",
+        "--",
+        rtid_binary().to_str().unwrap(),
+        "--socket",
+        &daemon.socket(),
+        "label",
+        "--pid",
+        "1",
+        "--identity",
+        "coder",
+    ]);
     assert!(text(&inside).contains("carries identity coder"), "an agent is refused: {}", text(&inside));
 
     // Three errors: all reported with lines; nothing applied.
@@ -69,7 +82,10 @@ fn agent_denied_apply_live_restart_adopts_pins_and_agents_cannot_use_the_api() {
     daemon.kill_hard();
     std::fs::write(&go_down, "").unwrap();
     let second = second.wait_with_output().unwrap();
-    assert!(!String::from_utf8_lossy(&second.stdout).contains("PRIVATE-KEY"), "still denied with the daemon down: {second:?}");
+    assert!(
+        !String::from_utf8_lossy(&second.stdout).contains("PRIVATE-KEY"),
+        "still denied with the daemon down: {second:?}"
+    );
     let while_down = Command::new(probe_path()).args(["open", &secret]).output().unwrap();
     assert!(String::from_utf8_lossy(&while_down.stdout).contains("PRIVATE-KEY"), "untagged still fine while down");
 
@@ -96,7 +112,8 @@ fn agent_denied_apply_live_restart_adopts_pins_and_agents_cannot_use_the_api() {
     std::thread::sleep(Duration::from_millis(300));
     let third = daemon.cli(&["run", "--identity", "coder", "--", "/bin/cat", &secret]);
     assert!(!text(&third).contains("PRIVATE-KEY"));
-    let event = found_rx.recv_timeout(Duration::from_secs(10)).expect("the deny arrives on `rtid events --follow --json`");
+    let event =
+        found_rx.recv_timeout(Duration::from_secs(10)).expect("the deny arrives on `rtid events --follow --json`");
     assert!(event.contains("\"rule_id\":\"secret\"") && event.contains("\"identity\":\"coder\""), "{event}");
     let _ = events.kill();
     let _ = events.wait();
@@ -107,7 +124,11 @@ fn agent_denied_apply_live_restart_adopts_pins_and_agents_cannot_use_the_api() {
     assert_eq!(apply.status.code(), Some(0), "{}", text(&apply));
     std::fs::write(&go, "").unwrap();
     let output = agent.wait_with_output().unwrap();
-    assert!(String::from_utf8_lossy(&output.stdout).contains("ok PRIVATE-KEY"), "the running agent is judged by the new policy: {:?}", output);
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("ok PRIVATE-KEY"),
+        "the running agent is judged by the new policy: {:?}",
+        output
+    );
 }
 
 #[test]
@@ -175,7 +196,8 @@ fn the_embedded_default_stops_an_agent_reading_an_ssh_key_and_the_cli_explains_i
     assert!(text(&completions).contains("rtid"));
     let man = Command::new(rtid_binary()).arg("man").output().unwrap();
     assert!(text(&man).contains(".TH"));
-    let unreachable = Command::new(rtid_binary()).args(["--socket", "/nonexistent/rtid.sock", "status"]).output().unwrap();
+    let unreachable =
+        Command::new(rtid_binary()).args(["--socket", "/nonexistent/rtid.sock", "status"]).output().unwrap();
     assert_eq!(unreachable.status.code(), Some(69), "{}", text(&unreachable));
 
     // --ttl: the identity expires; afterwards nothing runs under it.
@@ -208,7 +230,10 @@ fn sighup_reloads_and_sigterm_keeps_the_pins_unless_asked_to_remove_them() {
 
     let stopped = daemon.signal(libc::SIGTERM);
     assert!(stopped.success(), "SIGTERM stops cleanly: {stopped:?}");
-    assert!(daemon.pins.join("links").read_dir().map(|mut d| d.next().is_some()).unwrap_or(false), "pins kept after SIGTERM");
+    assert!(
+        daemon.pins.join("links").read_dir().map(|mut d| d.next().is_some()).unwrap_or(false),
+        "pins kept after SIGTERM"
+    );
 
     daemon.extra = vec!["--unpin-on-exit".into()];
     daemon.spawn();

@@ -30,7 +30,8 @@ fn exec_of_a_killed_binary_dies_before_it_runs() {
     assert!(!std::path::Path::new(&marker).exists(), "the forbidden binary must not run");
 
     let rule = harness.rule_id("execagent", "no-tool");
-    let event = harness.expect_event("exec kill", |e| e.kind == EventKind::Exec as u8 && e.tgid == run.pid && e.rule_id == rule);
+    let event = harness
+        .expect_event("exec kill", |e| e.kind == EventKind::Exec as u8 && e.tgid == run.pid && e.rule_id == rule);
     assert_eq!(event.outcome, Outcome::Killed as u8);
     assert_eq!(event_path(&event), forbidden);
     assert_eq!(event.identity, harness.identity_id("execagent"));
@@ -73,7 +74,11 @@ fn an_exec_selector_labels_a_process_started_without_the_cli() {
     std::fs::copy(probe_path(), &agent).unwrap();
     let secret = dir.file("secret/token", "s3cret");
     let mut spec = IdentitySpec::new("selected");
-    spec.files = vec![PathRuleSpec::file("secret", PathPattern::Directory(format!("{}/secret/", dir.0.display())), Verdict::Deny)];
+    spec.files = vec![PathRuleSpec::file(
+        "secret",
+        PathPattern::Directory(format!("{}/secret/", dir.0.display())),
+        Verdict::Deny,
+    )];
     let mut harness = Harness::start(vec![spec]);
     harness.kernel.set_exec_selectors(&[(agent.clone(), "selected".into())]).expect("selectors");
 
@@ -82,7 +87,8 @@ fn an_exec_selector_labels_a_process_started_without_the_cli() {
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(output.status.signal(), Some(libc::SIGKILL), "selected by its exe and judged: {output:?}");
     let id = harness.identity_id("selected");
-    let event = harness.expect_event("exec of the selected binary", |e| e.kind == EventKind::Exec as u8 && e.identity == id);
+    let event =
+        harness.expect_event("exec of the selected binary", |e| e.kind == EventKind::Exec as u8 && e.identity == id);
     assert_eq!(event_path(&event), agent);
     // Other binaries stay untagged.
     let other = harness.probe_untagged(&["open", &secret]);

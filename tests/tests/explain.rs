@@ -59,7 +59,11 @@ fn explain_agrees_with_the_kernel() {
         harness.settle(std::time::Duration::from_millis(200));
         let event = harness.seen.iter().find(|e| e.kind == EventKind::FileOpen as u8 && e.tgid == run.pid).copied();
         let kernel_verdict = event.map_or(Verdict::Allow, |e| Verdict::from_u8(e.verdict));
-        assert_eq!(explained.verdict, kernel_verdict.name(), "{path}: explain {explained:?} vs kernel {kernel_verdict:?}");
+        assert_eq!(
+            explained.verdict,
+            kernel_verdict.name(),
+            "{path}: explain {explained:?} vs kernel {kernel_verdict:?}"
+        );
         if let Some(event) = event {
             let kernel_rule = harness.kernel.rule_info(event.rule_id).map(|info| info.id.clone());
             assert_eq!(explained.rule_id, kernel_rule, "{path}: rule");

@@ -2,7 +2,7 @@
 //! On this host's fallback backend, a deny becomes a kill (SIGKILL at open exit,
 //! before a byte is read) or a flag, as the identity's policy chooses.
 
-use rtid_common::{event_flags, EventKind, Outcome};
+use rtid_common::{EventKind, Outcome, event_flags};
 use rtid_tests::*;
 
 fn coder(dir: &TestDir) -> IdentitySpec {
@@ -10,7 +10,11 @@ fn coder(dir: &TestDir) -> IdentitySpec {
     let base = dir.0.display().to_string();
     spec.files = vec![
         PathRuleSpec::file("secret-dir", PathPattern::Directory(format!("{base}/secret/")), Verdict::Deny),
-        PathRuleSpec::file("public-in-secret", PathPattern::Directory(format!("{base}/secret/public/")), Verdict::Allow),
+        PathRuleSpec::file(
+            "public-in-secret",
+            PathPattern::Directory(format!("{base}/secret/public/")),
+            Verdict::Allow,
+        ),
         PathRuleSpec::file("exact-key", PathPattern::Exact(format!("{base}/keys/id_rsa")), Verdict::Kill),
         PathRuleSpec::file("env-files", PathPattern::Name(".env".into()), Verdict::Flag),
         PathRuleSpec::file("pem-files", PathPattern::Suffix(".pem".into()), Verdict::Flag),
@@ -107,10 +111,7 @@ fn name_and_suffix_rules_flag() {
     let run = harness.probe_as("coder", &["open", &not_env]);
     assert!(run.succeeded());
     harness.settle(std::time::Duration::from_millis(300));
-    assert!(
-        !harness.seen.iter().any(|e| is_file_event(e, run.pid)),
-        "x.env is not named .env: no event expected"
-    );
+    assert!(!harness.seen.iter().any(|e| is_file_event(e, run.pid)), "x.env is not named .env: no event expected");
 }
 
 #[test]

@@ -127,7 +127,12 @@ fn step_up_becomes_a_request_that_an_operator_approves_or_denies() {
 
     // An agent cannot list or answer approvals, grant or release.
     let binary = rtid_binary().display().to_string();
-    for args in [vec!["approvals"], vec!["approve", request.as_str()], vec!["grant", "coder", "--exec", &tool, "--ttl", "1m"], vec!["release", "coder"]] {
+    for args in [
+        vec!["approvals"],
+        vec!["approve", request.as_str()],
+        vec!["grant", "coder", "--exec", &tool, "--ttl", "1m"],
+        vec!["release", "coder"],
+    ] {
         let mut command = vec!["run", "--identity", "coder", "--", binary.as_str(), "--socket"];
         let socket = daemon.socket();
         command.push(&socket);
@@ -154,15 +159,20 @@ fn step_up_becomes_a_request_that_an_operator_approves_or_denies() {
     // A denied request stays denied; an expired one cannot be approved.
     let other = scratch.path("bin/other");
     std::fs::copy(probe_path(), &other).unwrap();
-    let stepped = write_policy(&scratch, "more.yaml", &format!(
-        "apiVersion: rtid.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: more\nspec:\n  identities:\n    - name: coder\n      exec:\n        - {{ id: tool, path: {tool}, action: step_up }}\n        - {{ id: other, path: {other}, action: step_up }}\n"
-    ));
+    let stepped = write_policy(
+        &scratch,
+        "more.yaml",
+        &format!(
+            "apiVersion: rtid.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: more\nspec:\n  identities:\n    - name: coder\n      exec:\n        - {{ id: tool, path: {tool}, action: step_up }}\n        - {{ id: other, path: {other}, action: step_up }}\n"
+        ),
+    );
     assert_eq!(daemon.cli(&["policy", "apply", &stepped]).status.code(), Some(0));
     let denied_run = daemon.cli(&["run", "--identity", "coder", "--", &other, "marker", &marker]);
     assert_eq!(denied_run.status.code(), Some(128 + 9));
     std::thread::sleep(Duration::from_millis(300));
     let listing = text(&daemon.cli(&["--json", "approvals"]));
-    let pending = listing.split("\"id\":\"").skip(1).map(|rest| rest.split('"').next().unwrap_or("").to_string()).last().unwrap();
+    let pending =
+        listing.split("\"id\":\"").skip(1).map(|rest| rest.split('"').next().unwrap_or("").to_string()).last().unwrap();
     assert_ne!(pending, request);
     assert_eq!(daemon.cli(&["deny", &pending, "--reason", "not today"]).status.code(), Some(0));
     assert_ne!(daemon.cli(&["approve", &pending]).status.code(), Some(0), "a denied request stays denied");
@@ -170,7 +180,8 @@ fn step_up_becomes_a_request_that_an_operator_approves_or_denies() {
     assert_eq!(still.status.code(), Some(128 + 9), "denied: the retry is still stopped");
     std::thread::sleep(Duration::from_millis(300));
     let listing = text(&daemon.cli(&["--json", "approvals"]));
-    let newest = listing.split("\"id\":\"").skip(1).map(|rest| rest.split('"').next().unwrap_or("").to_string()).last().unwrap();
+    let newest =
+        listing.split("\"id\":\"").skip(1).map(|rest| rest.split('"').next().unwrap_or("").to_string()).last().unwrap();
     std::thread::sleep(Duration::from_millis(6300));
     let late = daemon.cli(&["approve", &newest]);
     assert!(text(&late).contains("expired"), "an expired request cannot be approved: {}", text(&late));
@@ -191,9 +202,13 @@ fn a_webhook_that_never_answers_delays_neither_the_agent_nor_other_requests() {
         let held: Vec<_> = blackhole.incoming().map_while(Result::ok).collect();
         drop(held);
     });
-    let policy = write_policy(&scratch, "policy.yaml", &format!(
-        "apiVersion: rtid.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: deadhook\nspec:\n  identities:\n    - name: coder\n      exec:\n        - {{ id: tool, path: {tool}, action: step_up }}\n        - {{ id: other, path: {other}, action: step_up }}\n"
-    ));
+    let policy = write_policy(
+        &scratch,
+        "policy.yaml",
+        &format!(
+            "apiVersion: rtid.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: deadhook\nspec:\n  identities:\n    - name: coder\n      exec:\n        - {{ id: tool, path: {tool}, action: step_up }}\n        - {{ id: other, path: {other}, action: step_up }}\n"
+        ),
+    );
     let daemon = Daemon::start_with("deadhook", vec![policy], vec!["--approval-webhook".into(), hook]);
 
     let started = std::time::Instant::now();
@@ -213,10 +228,17 @@ fn a_webhook_that_never_answers_delays_neither_the_agent_nor_other_requests() {
     }
     let waited = started.elapsed();
     assert!(listing.contains(&tool) && listing.contains(&other), "both requests are open: {listing}");
-    assert!(waited < Duration::from_secs(4), "the agents and the second request did not wait for the dead webhook ({waited:?})");
+    assert!(
+        waited < Duration::from_secs(4),
+        "the agents and the second request did not wait for the dead webhook ({waited:?})"
+    );
     let request = json_field(&listing, "id").expect("a request id");
     let approved = daemon.cli(&["approve", &request, "--ttl", "1m"]);
-    assert!(text(&approved).contains("approved"), "approving does not wait for the webhook either: {}", text(&approved));
+    assert!(
+        text(&approved).contains("approved"),
+        "approving does not wait for the webhook either: {}",
+        text(&approved)
+    );
 }
 
 #[test]
@@ -338,7 +360,8 @@ fn run_delegated_by_narrows_a_launch_to_what_the_delegator_allows() {
     let probe = probe_path().display().to_string();
     let alone = daemon.cli(&["run", "--identity", "coder", "--", &probe, "open", &secret]);
     assert!(text(&alone).contains("ok KEY"), "coder alone may: {}", text(&alone));
-    let delegated = daemon.cli(&["run", "--identity", "coder", "--delegated-by", "planner", "--", &probe, "open", &secret]);
+    let delegated =
+        daemon.cli(&["run", "--identity", "coder", "--delegated-by", "planner", "--", &probe, "open", &secret]);
     assert!(!text(&delegated).contains("KEY"), "delegated from planner it may not: {}", text(&delegated));
     let revoked = daemon.cli(&["revoke", "planner"]);
     assert!(text(&revoked).contains("with 1 delegated"), "{}", text(&revoked));

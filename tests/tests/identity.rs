@@ -8,7 +8,11 @@ use rtid_tests::*;
 
 fn secret_identity(dir: &TestDir) -> IdentitySpec {
     let mut spec = IdentitySpec::new("agent");
-    spec.files = vec![PathRuleSpec::file("secret", PathPattern::Directory(format!("{}/secret/", dir.0.display())), Verdict::Deny)];
+    spec.files = vec![PathRuleSpec::file(
+        "secret",
+        PathPattern::Directory(format!("{}/secret/", dir.0.display())),
+        Verdict::Deny,
+    )];
     spec
 }
 
@@ -31,11 +35,13 @@ fn child_grandchild_and_thread_are_judged_under_the_identity() {
     assert!(thread.killed(), "a second thread acts under the process identity: {thread:?}");
 
     let id = harness.identity_id("agent");
-    let start = harness.expect_event("process start of the child", |e| e.kind == EventKind::ProcessStart as u8 && e.tgid == child.pid);
+    let start = harness
+        .expect_event("process start of the child", |e| e.kind == EventKind::ProcessStart as u8 && e.tgid == child.pid);
     assert_eq!(start.identity, id);
     assert_ne!(start.related_tgid, 0);
     let child_tgid = start.related_tgid;
-    let denied = harness.expect_event("child's denied open", |e| e.kind == EventKind::FileOpen as u8 && e.tgid == child_tgid);
+    let denied =
+        harness.expect_event("child's denied open", |e| e.kind == EventKind::FileOpen as u8 && e.tgid == child_tgid);
     assert_eq!(denied.identity, id);
     assert_eq!(denied.parent_tgid, child.pid, "the event names the parent");
     assert_ne!(denied.process_start_ns, 0);
@@ -74,7 +80,11 @@ fn exit_removes_the_entry_and_a_reused_pid_is_not_identified() {
         let _ = child.wait();
     }
     let mut reused = reused.expect("pid was reused within the pid space");
-    assert_eq!(harness.kernel.process_identity(target).expect("map read"), None, "new process with the old pid is untagged");
+    assert_eq!(
+        harness.kernel.process_identity(target).expect("map read"),
+        None,
+        "new process with the old pid is untagged"
+    );
     let _ = reused.wait();
 }
 
@@ -98,9 +108,14 @@ fn identity_expiry_denies_everything() {
     std::thread::sleep(Duration::from_millis(20));
     std::fs::write(&go, "").unwrap();
     let output = read_stdout(&mut child);
-    assert_eq!(output.lines().collect::<Vec<_>>(), vec!["ok connected", "err 1"], "expired identity is refused connects");
+    assert_eq!(
+        output.lines().collect::<Vec<_>>(),
+        vec!["ok connected", "err 1"],
+        "expired identity is refused connects"
+    );
     let pid = child.pid;
-    let event = harness.expect_event("expired", |e| e.tgid == pid && e.decision == DecisionSource::IdentityExpired as u8);
+    let event =
+        harness.expect_event("expired", |e| e.tgid == pid && e.decision == DecisionSource::IdentityExpired as u8);
     assert_eq!(event.outcome, Outcome::Blocked as u8);
 
     // Everything else is refused too: a new exec under the expired identity is killed.
@@ -143,7 +158,8 @@ fn revocation_takes_effect_on_the_very_next_call() {
     let lines: Vec<&str> = output.lines().collect();
     assert_eq!(lines, vec!["ok connected", "err 1"], "the call right after revocation fails with EPERM");
     let pid = child.pid;
-    let event = harness.expect_event("revoked", |e| e.tgid == pid && e.decision == DecisionSource::IdentityRevoked as u8);
+    let event =
+        harness.expect_event("revoked", |e| e.tgid == pid && e.decision == DecisionSource::IdentityRevoked as u8);
     assert_eq!(event.outcome, Outcome::Blocked as u8);
 }
 
@@ -155,14 +171,16 @@ fn audit_mode_allows_and_reports_what_would_have_happened() {
     let port = listener.local_addr().unwrap().port();
     let mut spec = secret_identity(&dir);
     spec.mode = Mode::Audit;
-    spec.network = vec![NetRuleSpec::cidr("no-loopback", "127.0.0.1".parse().unwrap(), 32, vec![(port, port)], Verdict::Deny)];
+    spec.network =
+        vec![NetRuleSpec::cidr("no-loopback", "127.0.0.1".parse().unwrap(), 32, vec![(port, port)], Verdict::Deny)];
     let mut harness = Harness::start(vec![spec]);
     let open = harness.probe_as("agent", &["open", &secret]);
     assert!(open.succeeded(), "audit mode lets the open through: {open:?}");
     let connect = harness.probe_as("agent", &["connect", &format!("127.0.0.1:{port}")]);
     assert!(connect.succeeded(), "audit mode lets the connect through: {connect:?}");
     for pid in [open.pid, connect.pid] {
-        let event = harness.expect_event("audit-only event", |e| e.tgid == pid && e.outcome == Outcome::AuditOnly as u8);
+        let event =
+            harness.expect_event("audit-only event", |e| e.tgid == pid && e.outcome == Outcome::AuditOnly as u8);
         assert_eq!(event.verdict, Verdict::Deny as u8, "the event says what would have happened");
         assert_ne!(event.flags & rtid_common::event_flags::AUDIT_MODE, 0);
     }
@@ -208,7 +226,8 @@ fn processes_in_a_bound_cgroup_carry_its_identity_whatever_their_lineage() {
     let _ = std::fs::remove_dir(&cgroup);
     assert!(!stdout.contains("s3cret"), "a member of the bound cgroup is judged under the identity: {stdout}");
     let id = harness.identity_id("agent");
-    let event = harness.expect_event("denied open by cgroup member", |e| e.kind == EventKind::FileOpen as u8 && e.identity == id);
+    let event = harness
+        .expect_event("denied open by cgroup member", |e| e.kind == EventKind::FileOpen as u8 && e.identity == id);
     assert_eq!(event_path(&event), secret);
 }
 
@@ -230,8 +249,15 @@ fn five_refusals_within_the_window_quarantine_the_identity_in_the_kernel() {
     let open = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let open_addr = open.local_addr().unwrap().to_string();
     let mut spec = IdentitySpec::new("agent");
-    spec.network = vec![NetRuleSpec::cidr("no", "127.0.0.1".parse().unwrap(), 32, vec![(denied_port, denied_port)], Verdict::Deny)];
-    spec.quarantine = Some(rtid_userspace::policy::Quarantine { after: 5, within: Duration::from_secs(60), kill: false });
+    spec.network = vec![NetRuleSpec::cidr(
+        "no",
+        "127.0.0.1".parse().unwrap(),
+        32,
+        vec![(denied_port, denied_port)],
+        Verdict::Deny,
+    )];
+    spec.quarantine =
+        Some(rtid_userspace::policy::Quarantine { after: 5, within: Duration::from_secs(60), kill: false });
     let mut harness = Harness::start(vec![spec]);
     let denied_addr = format!("127.0.0.1:{denied_port}");
     let mut args = vec!["connect-each", open_addr.as_str()];
@@ -242,7 +268,9 @@ fn five_refusals_within_the_window_quarantine_the_identity_in_the_kernel() {
     assert_eq!(lines.first().copied(), Some("ok connected"), "allowed before: {run:?}");
     assert_eq!(&lines[1..6], &["err 1"; 5], "{run:?}");
     assert_eq!(lines.get(6).copied(), Some("err 1"), "the sixth action, allowed before, is refused: {run:?}");
-    let event = harness.expect_event("quarantine", |e| e.flags & rtid_common::event_flags::QUARANTINE_TRIPPED != 0 && e.tgid == run.pid);
+    let event = harness.expect_event("quarantine", |e| {
+        e.flags & rtid_common::event_flags::QUARANTINE_TRIPPED != 0 && e.tgid == run.pid
+    });
     assert_eq!(event.identity, harness.identity_id("agent"));
     // Release lifts it.
     harness.kernel.set_revoked("agent", false).unwrap();

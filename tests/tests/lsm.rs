@@ -8,7 +8,7 @@
 use std::{
     net::{TcpListener, UdpSocket},
     os::unix::net::UnixListener,
-    panic::{catch_unwind, AssertUnwindSafe},
+    panic::{AssertUnwindSafe, catch_unwind},
     path::Path,
     time::Duration,
 };
@@ -144,7 +144,8 @@ fn file_rule_kinds(harness: &mut Harness) {
     assert_eq!(via_link.errno(), Some(EPERM), "symlink: {via_link:?}");
     let via_dotdot = harness.probe_as("agent", &["open", &format!("{base}/keys/../secret/token")]);
     assert_eq!(via_dotdot.errno(), Some(EPERM), "dot-dot: {via_dotdot:?}");
-    let argv = vec!["/bin/sh".into(), "-c".into(), format!("cd {base}/secret && {} open token", probe_path().display())];
+    let argv =
+        vec!["/bin/sh".into(), "-c".into(), format!("cd {base}/secret && {} open token", probe_path().display())];
     let relative = harness.run_as("agent", &argv);
     assert!(relative.stdout.contains("err 1"), "relative path: {relative:?}");
     let write = harness.probe_as("agent", &["open", &dir.file("secret/w", ""), "--write"]);
@@ -262,7 +263,8 @@ fn expiry(harness: &mut Harness) {
     let dir = TestDir::new("lsm-expiry");
     let secret = dir.file("secret/token", "s3cret");
     let mut spec = IdentitySpec::new("agent");
-    let mut rule = PathRuleSpec::file("temporary", PathPattern::Directory(format!("{}/secret/", dir.0.display())), Verdict::Deny);
+    let mut rule =
+        PathRuleSpec::file("temporary", PathPattern::Directory(format!("{}/secret/", dir.0.display())), Verdict::Deny);
     rule.expires_at_boot_ns = Some(rtid_userspace::loader::boot_time_ns() + 2_000_000_000);
     spec.files = vec![rule];
     harness.install(vec![spec]);
@@ -276,7 +278,9 @@ fn expiry(harness: &mut Harness) {
     std::thread::sleep(Duration::from_millis(20));
     let expired = harness.probe_as("agent", &["open", &secret]);
     assert_eq!(expired.status.code(), Some(127), "an expired identity cannot even exec: {expired:?}");
-    harness.expect_event("expired exec", |e| e.kind == EventKind::Exec as u8 && e.decision == DecisionSource::IdentityExpired as u8);
+    harness.expect_event("expired exec", |e| {
+        e.kind == EventKind::Exec as u8 && e.decision == DecisionSource::IdentityExpired as u8
+    });
     harness.kernel.set_identity_expiry("agent", None).unwrap();
 }
 
@@ -286,7 +290,11 @@ fn revocation(harness: &mut Harness) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     harness.install(vec![IdentitySpec::new("agent")]);
-    let mut child = rtid_userspace::launch::fork_paused(&[probe_path().display().to_string(), "connect-twice".into(), addr, go.clone()], true).unwrap();
+    let mut child = rtid_userspace::launch::fork_paused(
+        &[probe_path().display().to_string(), "connect-twice".into(), addr, go.clone()],
+        true,
+    )
+    .unwrap();
     harness.kernel.label_pid(child.pid, "agent").unwrap();
     child.release().unwrap();
     let _first = accept_within(&listener, EVENT_TIMEOUT);
@@ -315,12 +323,24 @@ fn quarantine(harness: &mut Harness) {
     let open = TcpListener::bind("127.0.0.1:0").unwrap();
     let open_addr = open.local_addr().unwrap().to_string();
     let mut spec = IdentitySpec::new("agent");
-    spec.network = vec![NetRuleSpec::cidr("no", "127.0.0.1".parse().unwrap(), 32, vec![(denied_port, denied_port)], Verdict::Deny)];
-    spec.quarantine = Some(rtid_userspace::policy::Quarantine { after: 3, within: Duration::from_secs(60), kill: false });
+    spec.network = vec![NetRuleSpec::cidr(
+        "no",
+        "127.0.0.1".parse().unwrap(),
+        32,
+        vec![(denied_port, denied_port)],
+        Verdict::Deny,
+    )];
+    spec.quarantine =
+        Some(rtid_userspace::policy::Quarantine { after: 3, within: Duration::from_secs(60), kill: false });
     harness.install(vec![spec]);
     let denied_addr = format!("127.0.0.1:{denied_port}");
-    let run = harness.probe_as("agent", &["connect-each", &open_addr, &denied_addr, &denied_addr, &denied_addr, &open_addr]);
+    let run =
+        harness.probe_as("agent", &["connect-each", &open_addr, &denied_addr, &denied_addr, &denied_addr, &open_addr]);
     let lines: Vec<&str> = run.stdout.lines().collect();
-    assert_eq!(lines, vec!["ok connected", "err 1", "err 1", "err 1", "err 1"], "the fourth connect, allowed before, is refused: {run:?}");
+    assert_eq!(
+        lines,
+        vec!["ok connected", "err 1", "err 1", "err 1", "err 1"],
+        "the fourth connect, allowed before, is refused: {run:?}"
+    );
     harness.kernel.set_revoked("agent", false).unwrap();
 }

@@ -7,7 +7,7 @@ use std::{
     os::unix::net::UnixListener,
 };
 
-use rtid_common::{protocol, EventKind, Outcome, AF_INET, AF_INET6};
+use rtid_common::{AF_INET, AF_INET6, EventKind, Outcome, protocol};
 use rtid_tests::*;
 
 const EPERM: i32 = 1;
@@ -21,11 +21,23 @@ fn listener_v4() -> (TcpListener, u16) {
 fn net_identity(denied_port: u16) -> IdentitySpec {
     let mut spec = IdentitySpec::new("netagent");
     spec.defaults.network = Verdict::Allow;
-    let mut deny_port = NetRuleSpec::cidr("deny-port", "127.0.0.1".parse().unwrap(), 32, vec![(denied_port, denied_port)], Verdict::Deny);
+    let mut deny_port = NetRuleSpec::cidr(
+        "deny-port",
+        "127.0.0.1".parse().unwrap(),
+        32,
+        vec![(denied_port, denied_port)],
+        Verdict::Deny,
+    );
     deny_port.protocols = protocol::TCP;
     spec.network = vec![
         deny_port,
-        NetRuleSpec::cidr("deny-v6-loopback", "::1".parse().unwrap(), 128, vec![(denied_port, denied_port)], Verdict::Deny),
+        NetRuleSpec::cidr(
+            "deny-v6-loopback",
+            "::1".parse().unwrap(),
+            128,
+            vec![(denied_port, denied_port)],
+            Verdict::Deny,
+        ),
         NetRuleSpec::cidr("deny-cidr", "127.0.9.0".parse().unwrap(), 24, vec![], Verdict::Deny),
     ];
     spec
@@ -49,7 +61,8 @@ fn connect_to_a_denied_port_fails_with_eperm_and_another_port_works() {
     assert!(untagged.succeeded(), "untagged processes are not judged: {untagged:?}");
 
     let rule = harness.rule_id("netagent", "deny-port");
-    let event = harness.expect_event("denied connect", |e| is_net_event(e, refused.pid, EventKind::Connect) && e.rule_id == rule);
+    let event = harness
+        .expect_event("denied connect", |e| is_net_event(e, refused.pid, EventKind::Connect) && e.rule_id == rule);
     assert_eq!(event.outcome, Outcome::Blocked as u8);
     assert_eq!(event.errno, EPERM);
     assert_eq!(event.net.port, denied);
@@ -66,7 +79,8 @@ fn ipv6_loopback_rule() {
     let refused = harness.probe_as("netagent", &["connect", &format!("[::1]:{port}")]);
     assert_eq!(refused.errno(), Some(EPERM), "{refused:?}");
     let rule = harness.rule_id("netagent", "deny-v6-loopback");
-    let event = harness.expect_event("v6 deny", |e| is_net_event(e, refused.pid, EventKind::Connect) && e.rule_id == rule);
+    let event =
+        harness.expect_event("v6 deny", |e| is_net_event(e, refused.pid, EventKind::Connect) && e.rule_id == rule);
     assert_eq!(event.net.family, AF_INET6);
     assert_eq!(event.net.addr, std::net::Ipv6Addr::LOCALHOST.octets());
 }
@@ -107,7 +121,8 @@ fn udp_sendto_a_denied_address_fails() {
     let allowed = harness.probe_as("netagent", &["sendto", &format!("127.0.0.1:{open_port}")]);
     assert!(allowed.succeeded(), "{allowed:?}");
     let rule = harness.rule_id("netagent", "deny-cidr");
-    let event = harness.expect_event("udp send deny", |e| is_net_event(e, refused.pid, EventKind::Send) && e.rule_id == rule);
+    let event =
+        harness.expect_event("udp send deny", |e| is_net_event(e, refused.pid, EventKind::Send) && e.rule_id == rule);
     assert_eq!(event.net.protocol, protocol::UDP);
     assert_eq!(event.net.port, port);
 }
@@ -136,7 +151,8 @@ fn unix_socket_rule() {
     let refused = harness.probe_as("netagent", &["unix-connect", &denied]);
     assert!(refused.killed(), "a unix deny falls back to kill on this backend: {refused:?}");
     let rule = harness.rule_id("netagent", "docker-sock");
-    let event = harness.expect_event("unix deny", |e| is_net_event(e, refused.pid, EventKind::Connect) && e.rule_id == rule);
+    let event =
+        harness.expect_event("unix deny", |e| is_net_event(e, refused.pid, EventKind::Connect) && e.rule_id == rule);
     assert_eq!(event_path(&event), denied);
     assert_ne!(event.flags & rtid_common::event_flags::UNIX_SOCKET, 0);
 }

@@ -12,7 +12,11 @@ fn flooded_ring_counts_drops_and_enforcement_holds() {
     let secret = dir.file("secret/token", "s3cret");
     let mut spec = IdentitySpec::new("flooder");
     spec.audit = AuditLevel::All;
-    spec.files = vec![PathRuleSpec::file("secret", PathPattern::Directory(format!("{}/secret/", dir.0.display())), Verdict::Deny)];
+    spec.files = vec![PathRuleSpec::file(
+        "secret",
+        PathPattern::Directory(format!("{}/secret/", dir.0.display())),
+        Verdict::Deny,
+    )];
     // A ring of 16 KiB holds a few dozen events.
     let options = LoadOptions { ring_bytes: 16 * 1024, ..LoadOptions::default() };
     let mut harness = Harness::start_with(vec![spec], options);

@@ -13,19 +13,7 @@ pub fn run(args: &[String], in_vm: bool) -> anyhow::Result<()> {
     // pipeline figure runs the real daemon, so rtid is built too.
     checked(cargo().args(["build", "--release", "-p", "rtid-userspace", "--bin", "rtid"]))?;
     checked(cargo().args(["build", "--release", "-p", "rtid-tests", "--bin", "rtid-probe"]))?;
-    checked(
-        cargo()
-            .args([
-                "run",
-                "--release",
-                "-p",
-                "rtid-tests",
-                "--bin",
-                "rtid-bench",
-                "--",
-            ])
-            .args(args),
-    )?;
+    checked(cargo().args(["run", "--release", "-p", "rtid-tests", "--bin", "rtid-bench", "--"]).args(args))?;
     if in_vm {
         vm::bench(args)?;
     }

@@ -18,26 +18,19 @@ pub const RUST_TOOLCHAIN: &str = "1.98.0";
 pub const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
 /// Cargo's target directory, which CARGO_TARGET_DIR may move.
 pub fn target_dir() -> PathBuf {
-    env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"))
+    env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
 }
 
 /// Where `cargo install` puts binaries (bpf-linker) and rustup its proxies.
 fn cargo_bin() -> PathBuf {
     let home = env::var_os("CARGO_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo")
-        });
+        .unwrap_or_else(|| PathBuf::from(env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo"));
     home.join("bin")
 }
 
@@ -53,31 +46,22 @@ pub fn build_path() -> String {
 /// PATH may lack (bpftool and ip live there).
 pub fn find_program(name: &str) -> Option<PathBuf> {
     let path = format!("{}:/usr/sbin:/sbin", build_path());
-    path.split(':')
-        .filter(|dir| !dir.is_empty())
-        .map(|dir| Path::new(dir).join(name))
-        .find(|candidate| {
-            candidate
-                .metadata()
-                .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
-        })
+    path.split(':').filter(|dir| !dir.is_empty()).map(|dir| Path::new(dir).join(name)).find(|candidate| {
+        candidate.metadata().is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+    })
 }
 
 /// `cargo` in the workspace root with the build PATH.
 pub fn cargo() -> Command {
     let mut command = Command::new("cargo");
-    command
-        .current_dir(workspace_root())
-        .env("PATH", build_path());
+    command.current_dir(workspace_root()).env("PATH", build_path());
     command
 }
 
 /// Runs `command`, failing with its description if it does not succeed.
 pub fn checked(command: &mut Command) -> anyhow::Result<()> {
     let description = format!("{command:?}");
-    let status = command
-        .status()
-        .with_context(|| format!("starting {description}"))?;
+    let status = command.status().with_context(|| format!("starting {description}"))?;
     if !status.success() {
         bail!("{description} failed: {status}");
     }
@@ -87,10 +71,7 @@ pub fn checked(command: &mut Command) -> anyhow::Result<()> {
 /// Runs `command` and returns its stdout, or None if it cannot run or fails.
 pub fn output(command: &mut Command) -> Option<String> {
     let output = command.output().ok()?;
-    output
-        .status
-        .success()
-        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+    output.status.success().then(|| String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// `cargo xtask build`: the rtid binary; its build.rs builds and embeds the eBPF object.
@@ -109,9 +90,7 @@ pub fn is_root() -> bool {
 
 pub fn require_root(what: &str) -> anyhow::Result<()> {
     if !is_root() {
-        bail!(
-            "{what} loads BPF programs into the kernel and must run as root (try: sudo -E {what})"
-        );
+        bail!("{what} loads BPF programs into the kernel and must run as root (try: sudo -E {what})");
     }
     Ok(())
 }

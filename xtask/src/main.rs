@@ -79,9 +79,7 @@ mod tests {
     use super::{Cli, Task};
 
     fn parse(args: &[&str]) -> Task {
-        Cli::try_parse_from(std::iter::once("xtask").chain(args.iter().copied()))
-            .unwrap()
-            .task
+        Cli::try_parse_from(std::iter::once("xtask").chain(args.iter().copied())).unwrap().task
     }
 
     #[test]
@@ -91,21 +89,15 @@ mod tests {
 
     #[test]
     fn test_passes_filters_and_libtest_flags_through() {
-        let Task::Test { args } = parse(&["test", "--", "--exact", "files::deny"]) else {
-            panic!()
-        };
+        let Task::Test { args } = parse(&["test", "--", "--exact", "files::deny"]) else { panic!() };
         assert_eq!(args, ["--exact", "files::deny"]);
-        let Task::Test { args } = parse(&["test", "network"]) else {
-            panic!()
-        };
+        let Task::Test { args } = parse(&["test", "network"]) else { panic!() };
         assert_eq!(args, ["network"]);
     }
 
     #[test]
     fn bench_takes_its_own_flag_and_passes_the_rest_through() {
-        let Task::Bench { vm, args } = parse(&["bench", "--vm", "--", "--iterations", "10"]) else {
-            panic!()
-        };
+        let Task::Bench { vm, args } = parse(&["bench", "--vm", "--", "--iterations", "10"]) else { panic!() };
         assert!(vm);
         assert_eq!(args, ["--iterations", "10"]);
     }

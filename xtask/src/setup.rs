@@ -8,9 +8,7 @@ use std::{fs, path::Path, process::Command};
 
 use anyhow::{Context, bail};
 
-use crate::command::{
-    EBPF_TOOLCHAIN, LLVM_BIN, RUST_TOOLCHAIN, build_path, checked, find_program, is_root, output,
-};
+use crate::command::{EBPF_TOOLCHAIN, LLVM_BIN, RUST_TOOLCHAIN, build_path, checked, find_program, is_root, output};
 
 /// How to tell a package is there without dpkg (on a machine that is not Debian).
 enum Probe {
@@ -33,14 +31,8 @@ impl Probe {
 /// Debian packages, each with what it is for and how to detect it without dpkg.
 const APT_PACKAGES: [(&str, Probe); 12] = [
     // bpf-linker links against LLVM 22 (and its Polly library).
-    (
-        "llvm-22-dev",
-        Probe::File("/usr/lib/llvm-22/bin/llvm-config"),
-    ),
-    (
-        "libpolly-22-dev",
-        Probe::File("/usr/lib/llvm-22/lib/libPolly.a"),
-    ),
+    ("llvm-22-dev", Probe::File("/usr/lib/llvm-22/bin/llvm-config")),
+    ("libpolly-22-dev", Probe::File("/usr/lib/llvm-22/lib/libPolly.a")),
     // C CO-RE shims compiled to BPF bitcode.
     ("clang-22", Probe::Program("clang-22")),
     // Inspecting loaded programs and maps.
@@ -60,11 +52,8 @@ const APT_PACKAGES: [(&str, Probe); 12] = [
 ];
 
 /// Kernel filesystems the programs and tests use: (fstype, mount point).
-const MOUNTS: [(&str, &str); 3] = [
-    ("bpf", "/sys/fs/bpf"),
-    ("tracefs", "/sys/kernel/tracing"),
-    ("securityfs", "/sys/kernel/security"),
-];
+const MOUNTS: [(&str, &str); 3] =
+    [("bpf", "/sys/fs/bpf"), ("tracefs", "/sys/kernel/tracing"), ("securityfs", "/sys/kernel/security")];
 
 /// What became of one item.
 enum Status {
@@ -122,27 +111,19 @@ pub fn run() -> anyhow::Result<()> {
 // ---- rustup toolchains ----
 
 fn toolchains(report: &mut Report) {
-    let wanted = [
-        (RUST_TOOLCHAIN, &["clippy", "rustfmt"][..]),
-        (EBPF_TOOLCHAIN, &["rust-src"][..]),
-    ];
+    let wanted = [(RUST_TOOLCHAIN, &["clippy", "rustfmt"][..]), (EBPF_TOOLCHAIN, &["rust-src"][..])];
     // RUSTUP_AUTO_INSTALL=0 on these machines: nothing installs unless asked.
     let Some(installed) = output(Command::new("rustup").args(["toolchain", "list"])) else {
         for (name, components) in wanted {
             report.record(
                 &toolchain_item(name, components),
-                Ok(Status::Missing(
-                    "rustup not found: install it from https://rustup.rs".into(),
-                )),
+                Ok(Status::Missing("rustup not found: install it from https://rustup.rs".into())),
             );
         }
         return;
     };
     for (name, components) in wanted {
-        report.record(
-            &toolchain_item(name, components),
-            toolchain(&installed, name, components),
-        );
+        report.record(&toolchain_item(name, components), toolchain(&installed, name, components));
     }
 }
 
@@ -152,50 +133,27 @@ fn toolchain_item(name: &str, components: &[&str]) -> String {
 
 fn toolchain(installed: &str, name: &str, components: &[&str]) -> anyhow::Result<Status> {
     // `rustup toolchain list` names them with the host triple: 1.98.0-x86_64-unknown-linux-gnu.
-    let present = installed
-        .lines()
-        .any(|line| line == name || line.starts_with(&format!("{name}-")));
+    let present = installed.lines().any(|line| line == name || line.starts_with(&format!("{name}-")));
     if !present {
         checked(
             Command::new("rustup")
-                .args([
-                    "toolchain",
-                    "install",
-                    name,
-                    "--profile",
-                    "minimal",
-                    "--component",
-                ])
+                .args(["toolchain", "install", name, "--profile", "minimal", "--component"])
                 .arg(components.join(",")),
         )?;
         return Ok(Status::Installed);
     }
-    let have = output(Command::new("rustup").args([
-        "component",
-        "list",
-        "--installed",
-        "--toolchain",
-        name,
-    ]))
-    .with_context(|| format!("listing the components of {name}"))?;
+    let have = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", name]))
+        .with_context(|| format!("listing the components of {name}"))?;
     // Components are listed with their target (clippy-x86_64-unknown-linux-gnu), rust-src without.
     let lacking: Vec<&str> = components
         .iter()
         .copied()
-        .filter(|component| {
-            !have
-                .lines()
-                .any(|line| line == *component || line.starts_with(&format!("{component}-")))
-        })
+        .filter(|component| !have.lines().any(|line| line == *component || line.starts_with(&format!("{component}-"))))
         .collect();
     if lacking.is_empty() {
         return Ok(Status::Ok);
     }
-    checked(
-        Command::new("rustup")
-            .args(["component", "add", "--toolchain", name])
-            .args(&lacking),
-    )?;
+    checked(Command::new("rustup").args(["component", "add", "--toolchain", name]).args(&lacking))?;
     Ok(Status::Installed)
 }
 
@@ -204,17 +162,10 @@ fn toolchain(installed: &str, name: &str, components: &[&str]) -> anyhow::Result
 fn apt_packages(report: &mut Report) {
     let dpkg = find_program("dpkg-query").is_some();
     let present = |package: &str, probe: &Probe| {
-        if dpkg {
-            dpkg_installed(package)
-        } else {
-            probe_finds(probe)
-        }
+        if dpkg { dpkg_installed(package) } else { probe_finds(probe) }
     };
-    let missing: Vec<&str> = APT_PACKAGES
-        .iter()
-        .filter(|(package, probe)| !present(package, probe))
-        .map(|(package, _)| *package)
-        .collect();
+    let missing: Vec<&str> =
+        APT_PACKAGES.iter().filter(|(package, probe)| !present(package, probe)).map(|(package, _)| *package).collect();
     // Install everything missing in one go (one `apt-get update`), then report per package.
     let install_error = if missing.is_empty() {
         None
@@ -224,9 +175,7 @@ fn apt_packages(report: &mut Report) {
         Some("not installed: run `cargo xtask setup` as root to apt-get install it".to_owned())
     } else {
         println!("setup: apt-get install {}", missing.join(" "));
-        apt_get_install(&missing)
-            .err()
-            .map(|error| format!("{error:#}"))
+        apt_get_install(&missing).err().map(|error| format!("{error:#}"))
     };
     for (package, probe) in &APT_PACKAGES {
         let status = if !missing.contains(package) {
@@ -234,26 +183,16 @@ fn apt_packages(report: &mut Report) {
         } else if present(package, probe) {
             Status::Installed
         } else {
-            let why = install_error
-                .clone()
-                .unwrap_or_else(|| "apt-get did not install it".into());
+            let why = install_error.clone().unwrap_or_else(|| "apt-get did not install it".into());
             // Without dpkg, say what was looked for.
-            Status::Missing(if dpkg {
-                why
-            } else {
-                format!("{}; {why}", probe.describe())
-            })
+            Status::Missing(if dpkg { why } else { format!("{}; {why}", probe.describe()) })
         };
         report.record(&format!("apt package {package}"), Ok(status));
     }
 }
 
 fn apt_get_install(packages: &[&str]) -> anyhow::Result<()> {
-    checked(
-        Command::new("apt-get")
-            .args(["update", "-q"])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
+    checked(Command::new("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
     checked(
         Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
@@ -288,35 +227,39 @@ fn probe_finds(probe: &Probe) -> bool {
 const PYTHON_PACKAGES: [(&str, &str); 1] = [("ocsf-emitter==0.3.0", "ocsf_emitter")];
 
 fn python_package(requirement: &str, module: &str) -> anyhow::Result<Status> {
-    let importable = || Command::new("python3").args(["-c", &format!("import {module}")]).output().is_ok_and(|out| out.status.success());
+    let importable = || {
+        Command::new("python3").args(["-c", &format!("import {module}")]).output().is_ok_and(|out| out.status.success())
+    };
     if importable() {
         return Ok(Status::Ok);
     }
     if find_program("python3").is_none() {
         return Ok(Status::Missing("no python3".into()));
     }
-    checked(Command::new("python3").args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", requirement]))?;
-    if importable() { Ok(Status::Installed) } else { Ok(Status::Missing(format!("pip installed {requirement} but `import {module}` fails"))) }
+    checked(Command::new("python3").args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        requirement,
+    ]))?;
+    if importable() {
+        Ok(Status::Installed)
+    } else {
+        Ok(Status::Missing(format!("pip installed {requirement} but `import {module}` fails")))
+    }
 }
 
 // ---- bpf-linker ----
 
 fn bpf_linker() -> anyhow::Result<Status> {
-    let linker_runs = || {
-        output(
-            Command::new("bpf-linker")
-                .arg("--version")
-                .env("PATH", build_path()),
-        )
-        .is_some()
-    };
+    let linker_runs = || output(Command::new("bpf-linker").arg("--version").env("PATH", build_path())).is_some();
     if linker_runs() {
         return Ok(Status::Ok);
     }
     if !Path::new(LLVM_BIN).join("llvm-config").exists() {
-        return Ok(Status::Missing(format!(
-            "building it needs LLVM 22 in {LLVM_BIN} (llvm-22-dev)"
-        )));
+        return Ok(Status::Missing(format!("building it needs LLVM 22 in {LLVM_BIN} (llvm-22-dev)")));
     }
     // `+1.98.0` rather than the machine default (which may be older), through
     // rustup's proxy (first on the build PATH); LLVM 22 first on PATH so
@@ -324,14 +267,7 @@ fn bpf_linker() -> anyhow::Result<Status> {
     checked(
         Command::new("cargo")
             .arg(format!("+{RUST_TOOLCHAIN}"))
-            .args([
-                "install",
-                "--locked",
-                "bpf-linker",
-                "--no-default-features",
-                "--features",
-                "llvm-22",
-            ])
+            .args(["install", "--locked", "bpf-linker", "--no-default-features", "--features", "llvm-22"])
             .env("PATH", build_path()),
     )?;
     if !linker_runs() {

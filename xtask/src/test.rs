@@ -7,7 +7,7 @@ use std::{
     process::Stdio,
 };
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 
 use crate::{
     command::{cargo, checked, require_root},
@@ -99,8 +99,12 @@ mod tests {
     #[test]
     fn summaries_are_totalled() {
         let mut tally = Tally::default();
-        tally.add_summary("test result: ok. 9 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 1.2s");
-        tally.add_summary("test result: FAILED. 2 passed; 3 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1s");
+        tally.add_summary(
+            "test result: ok. 9 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 1.2s",
+        );
+        tally.add_summary(
+            "test result: FAILED. 2 passed; 3 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1s",
+        );
         tally.add_summary("running 4 tests");
         assert_eq!((tally.passed, tally.failed, tally.ignored), (11, 3, 1));
     }

@@ -29,15 +29,7 @@ const VM_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Builds the named integration test target and returns its executable.
 fn build_test_executable(target: &str) -> anyhow::Result<PathBuf> {
     let out = cargo()
-        .args([
-            "test",
-            "-p",
-            "rtid-tests",
-            "--test",
-            target,
-            "--no-run",
-            "--message-format=json",
-        ])
+        .args(["test", "-p", "rtid-tests", "--test", target, "--no-run", "--message-format=json"])
         .stderr(Stdio::inherit())
         .output()
         .context("building the test executable")?;
@@ -70,9 +62,7 @@ fn find_kernel() -> anyhow::Result<PathBuf> {
         })
         .collect();
     kernels.sort();
-    kernels
-        .pop()
-        .context("no /boot/vmlinuz-*-amd64: run `cargo xtask setup` (installs linux-image-amd64)")
+    kernels.pop().context("no /boot/vmlinuz-*-amd64: run `cargo xtask setup` (installs linux-image-amd64)")
 }
 
 /// Shared libraries an executable needs, from ldd.
@@ -96,29 +86,19 @@ fn copy_into(root: &Path, source: &Path, destination: &str) -> anyhow::Result<()
     if let Some(parent) = target.parent() {
         fs::create_dir_all(parent)?;
     }
-    fs::copy(source, &target)
-        .with_context(|| format!("copying {} into the initramfs", source.display()))?;
+    fs::copy(source, &target).with_context(|| format!("copying {} into the initramfs", source.display()))?;
     Ok(())
 }
 
 /// Quotes `args` for the guest's shell.
 fn shell_words(args: &[String]) -> String {
-    args.iter()
-        .map(|arg| format!("'{}'", arg.replace('\'', r"'\''")))
-        .collect::<Vec<_>>()
-        .join(" ")
+    args.iter().map(|arg| format!("'{}'", arg.replace('\'', r"'\''"))).collect::<Vec<_>>().join(" ")
 }
 
 /// The directory of a build profile (target/debug) from an executable in it or in its deps/.
 fn profile_dir(executable: &Path) -> anyhow::Result<&Path> {
-    let parent = executable
-        .parent()
-        .context("executable without a directory")?;
-    Ok(if parent.ends_with("deps") {
-        parent.parent().context("deps/ without a parent")?
-    } else {
-        parent
-    })
+    let parent = executable.parent().context("executable without a directory")?;
+    Ok(if parent.ends_with("deps") { parent.parent().context("deps/ without a parent")? } else { parent })
 }
 
 /// The guest's /init: mounts what the programs need, runs `command` (whose
@@ -149,11 +129,7 @@ poweroff -f
 
 /// Packs `root` into a newc cpio archive with the system's cpio.
 fn pack(root: &Path, archive: &Path) -> anyhow::Result<()> {
-    let script = format!(
-        "cd {} && find . | cpio -o -H newc --quiet > {}",
-        root.display(),
-        archive.display()
-    );
+    let script = format!("cd {} && find . | cpio -o -H newc --quiet > {}", root.display(), archive.display());
     checked(Command::new("sh").args(["-c", &script]))
 }
 
@@ -183,16 +159,7 @@ fn build_initramfs(executable: &Path, probe: &Path, command: &str) -> anyhow::Re
 /// Returns the suite's exit status and how many tests it reported passed.
 fn boot(kernel: &Path, initramfs: &Path) -> anyhow::Result<(i32, u32)> {
     let mut qemu = Command::new("qemu-system-x86_64")
-        .args([
-            "-accel",
-            "tcg",
-            "-m",
-            "2048",
-            "-smp",
-            "1",
-            "-nographic",
-            "-no-reboot",
-        ])
+        .args(["-accel", "tcg", "-m", "2048", "-smp", "1", "-nographic", "-no-reboot"])
         .arg("-kernel")
         .arg(kernel)
         .arg("-initrd")
@@ -225,11 +192,7 @@ fn boot(kernel: &Path, initramfs: &Path) -> anyhow::Result<(i32, u32)> {
                     status = code.trim().parse().ok();
                 }
                 if let Some(summary) = line.trim().strip_prefix("test result: ok. ") {
-                    passed += summary
-                        .split(' ')
-                        .next()
-                        .and_then(|count| count.parse::<u32>().ok())
-                        .unwrap_or(0);
+                    passed += summary.split(' ').next().and_then(|count| count.parse::<u32>().ok()).unwrap_or(0);
                 }
             }
             Ok(Err(_)) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -240,9 +203,7 @@ fn boot(kernel: &Path, initramfs: &Path) -> anyhow::Result<(i32, u32)> {
         }
     }
     let _ = qemu.wait();
-    let status = status.context(
-        "the VM ended without reporting the suite's exit status (see the console above)",
-    )?;
+    let status = status.context("the VM ended without reporting the suite's exit status (see the console above)")?;
     Ok((status, passed))
 }
 
@@ -252,16 +213,9 @@ pub fn run(args: &[String]) -> anyhow::Result<u64> {
     let suite = build_test_executable("lsm")?;
     let probe = profile_dir(&suite)?.join("rtid-probe");
     let kernel = find_kernel()?;
-    println!(
-        "vm-test: booting {} with {}",
-        kernel.display(),
-        suite.display()
-    );
+    println!("vm-test: booting {} with {}", kernel.display(), suite.display());
     // The suite's tests are #[ignore]d on the host (they need BPF LSM); here they run.
-    let command = format!(
-        "/rtid/run --ignored --test-threads=1 --nocapture {}",
-        shell_words(args)
-    );
+    let command = format!("/rtid/run --ignored --test-threads=1 --nocapture {}", shell_words(args));
     let initramfs = build_initramfs(&suite, &probe, &command)?;
     let (status, passed) = boot(&kernel, &initramfs)?;
     if status != 0 {
@@ -283,24 +237,11 @@ pub fn run(args: &[String]) -> anyhow::Result<u64> {
 /// Runs rtid-bench inside the VM with `args` (emulated: compare ratios, not
 /// times; the guest sets RTID_IN_VM=1 so the benchmark can say so or scale down).
 pub fn bench(args: &[String]) -> anyhow::Result<()> {
-    checked(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "rtid-tests",
-        "--bin",
-        "rtid-bench",
-        "--bin",
-        "rtid-probe",
-    ]))?;
+    checked(cargo().args(["build", "--release", "-p", "rtid-tests", "--bin", "rtid-bench", "--bin", "rtid-probe"]))?;
     let release = target_dir().join("release");
     let kernel = find_kernel()?;
     let command = format!("/rtid/run {}", shell_words(args));
-    let initramfs = build_initramfs(
-        &release.join("rtid-bench"),
-        &release.join("rtid-probe"),
-        &command,
-    )?;
+    let initramfs = build_initramfs(&release.join("rtid-bench"), &release.join("rtid-probe"), &command)?;
     let (status, _) = boot(&kernel, &initramfs)?;
     if status != 0 {
         bail!("the benchmark failed in the VM (exit status {status})");
@@ -323,10 +264,7 @@ mod tests {
     #[test]
     fn the_probe_sits_in_the_profile_directory() {
         let dir = Path::new("/t/debug");
-        assert_eq!(
-            profile_dir(Path::new("/t/debug/deps/lsm-0123")).unwrap(),
-            dir
-        );
+        assert_eq!(profile_dir(Path::new("/t/debug/deps/lsm-0123")).unwrap(), dir);
         assert_eq!(profile_dir(Path::new("/t/debug/rtid-bench")).unwrap(), dir);
     }
 }

@@ -22,7 +22,10 @@ pub const DEFAULT_SOCKET: &str = "/run/rtid/rtid.sock";
 #[serde(tag = "call", rename_all = "snake_case")]
 pub enum Request {
     /// Label a running process (and its future children).
-    Label { pid: u32, identity: String },
+    Label {
+        pid: u32,
+        identity: String,
+    },
     /// Label a child the caller forked and holds before exec (`rtid run`);
     /// refused unless the pid is the caller's own child.
     LabelChild {
@@ -40,20 +43,39 @@ pub enum Request {
         #[serde(default)]
         delegated_by: Option<String>,
     },
-    Unlabel { pid: u32 },
+    Unlabel {
+        pid: u32,
+    },
     Status,
     Ps,
     /// Validate, compile and swap in policy documents (file name, text).
-    PolicyApply { documents: Vec<(String, String)> },
-    PolicyExplain { identity: String, action: ExplainAction },
+    PolicyApply {
+        documents: Vec<(String, String)>,
+    },
+    PolicyExplain {
+        identity: String,
+        action: ExplainAction,
+    },
     /// A narrowly scoped allow with a TTL, enforced in the kernel with its expiry.
-    Grant { identity: String, object: crate::daemon::grants::GrantObject, ttl_seconds: u64, reason: Option<String> },
+    Grant {
+        identity: String,
+        object: crate::daemon::grants::GrantObject,
+        ttl_seconds: u64,
+        reason: Option<String>,
+    },
     Grants,
-    GrantRevoke { id: String },
+    GrantRevoke {
+        id: String,
+    },
     /// Revoke an identity at once (optionally killing its processes).
-    Revoke { identity: String, kill: bool },
+    Revoke {
+        identity: String,
+        kill: bool,
+    },
     /// Lift a revocation.
-    Release { identity: String },
+    Release {
+        identity: String,
+    },
     Approvals,
     Approve {
         request: String,
@@ -62,9 +84,16 @@ pub enum Request {
         #[serde(default)]
         once: bool,
     },
-    Deny { request: String, reason: Option<String> },
+    Deny {
+        request: String,
+        reason: Option<String>,
+    },
     /// Stream events; with `follow`, until the client goes away.
-    Events { follow: bool, identity: Option<String>, verdicts: Vec<String> },
+    Events {
+        follow: bool,
+        identity: Option<String>,
+        verdicts: Vec<String>,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -189,6 +218,8 @@ impl Client {
     pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
         let mut client = Client::connect(socket)?;
         client.send(request)?;
-        client.next_response()?.ok_or_else(|| ClientError::Io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no response")))
+        client
+            .next_response()?
+            .ok_or_else(|| ClientError::Io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no response")))
     }
 }

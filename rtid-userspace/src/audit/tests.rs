@@ -12,8 +12,9 @@ use std::{
 use serde_json::json;
 
 use super::{
-    AuditKind, AuditStats, Tampering, TamperingKind, VerifyError, start, verify_files,
+    AuditKind, AuditStats, Tampering, TamperingKind, VerifyError,
     record::{self, ChainHead, RecordKind},
+    start, verify_files,
     writer::{rotated_path, start_with_capacity},
 };
 use crate::daemon::config::AuditConfig;
@@ -89,7 +90,8 @@ fn rehash(line: &str) -> String {
 /// A record made with the writer's own code, at any place in the chain.
 fn forge(seq: u64, prev: [u8; 32]) -> String {
     let mut head = ChainHead { next_seq: seq, prev };
-    let line = record::render(&mut head, RecordKind::Decision, SystemTime::now(), &json!({ "n": 1000, "what": "allow" }));
+    let line =
+        record::render(&mut head, RecordKind::Decision, SystemTime::now(), &json!({ "n": 1000, "what": "allow" }));
     String::from_utf8(line).unwrap().trim_end().to_owned()
 }
 

@@ -57,7 +57,11 @@ impl fmt::Display for VerifySummary {
             )?;
         }
         if self.gaps > 0 {
-            write!(out, " {} gap record(s) mark {} record(s) dropped before they could be written.", self.gaps, self.lost)?;
+            write!(
+                out,
+                " {} gap record(s) mark {} record(s) dropped before they could be written.",
+                self.gaps, self.lost
+            )?;
         }
         write!(out, " Last hash: {}.", self.last_hash)
     }
@@ -68,7 +72,10 @@ impl fmt::Display for VerifySummary {
 pub enum TamperingKind {
     Edited,
     /// Records `first..=last` are missing.
-    Removed { first: u64, last: u64 },
+    Removed {
+        first: u64,
+        last: u64,
+    },
     Inserted,
     Reordered,
     Malformed,
@@ -129,7 +136,9 @@ pub fn verify_files(paths: &[PathBuf]) -> Result<VerifySummary, VerifyError> {
     while let Some(entry) = reader.next_entry()? {
         match recent.back() {
             None => check_anchor(&entry, &files)?,
-            Some(last) if entry.record.prev == last.record.hash && last.record.seq.checked_add(1) == Some(entry.record.seq) => {}
+            Some(last)
+                if entry.record.prev == last.record.hash
+                    && last.record.seq.checked_add(1) == Some(entry.record.seq) => {}
             Some(_) => {
                 let ahead = reader.read_ahead(WINDOW);
                 return Err(classify(&files, &recent, &entry, &ahead).at(&files).into());
@@ -213,17 +222,14 @@ fn in_chain_order(paths: &[PathBuf]) -> Result<Vec<PathBuf>, VerifyError> {
 }
 
 fn open(path: &Path) -> Result<BufReader<File>, VerifyError> {
-    File::open(path)
-        .map(BufReader::new)
-        .map_err(|source| VerifyError::Unreadable { path: path.to_owned(), source })
+    File::open(path).map(BufReader::new).map_err(|source| VerifyError::Unreadable { path: path.to_owned(), source })
 }
 
 /// Reads one line, with its newline if it has one; `false` at the end.
 fn read_line(reader: &mut BufReader<File>, line: &mut Vec<u8>, path: &Path) -> Result<bool, VerifyError> {
     line.clear();
-    let read = reader
-        .read_until(b'\n', line)
-        .map_err(|source| VerifyError::Unreadable { path: path.to_owned(), source })?;
+    let read =
+        reader.read_until(b'\n', line).map_err(|source| VerifyError::Unreadable { path: path.to_owned(), source })?;
     Ok(read > 0)
 }
 
@@ -268,7 +274,11 @@ impl<'a> TrailReader<'a> {
             self.line_number += 1;
             let record = record::parse(content(&self.line)).map_err(|reason| {
                 let at_end = !self.line.ends_with(b"\n");
-                let reason = if at_end { format!("incomplete last line (a write in progress, or cut by a crash): {reason}") } else { reason };
+                let reason = if at_end {
+                    format!("incomplete last line (a write in progress, or cut by a crash): {reason}")
+                } else {
+                    reason
+                };
                 malformed(path, self.line_number, reason)
             })?;
             if !record.intact {
@@ -355,7 +365,10 @@ fn classify<'e>(files: &[PathBuf], recent: &'e VecDeque<Entry>, current: &'e Ent
             None => found(
                 current,
                 TamperingKind::Edited,
-                format!("it follows seq {} but says seq {}: changed and re-hashed", last.record.seq, current.record.seq),
+                format!(
+                    "it follows seq {} but says seq {}: changed and re-hashed",
+                    last.record.seq, current.record.seq
+                ),
             ),
         };
     }

@@ -2,7 +2,6 @@
 //! one thread owns the file, chains, batches, fsyncs and rotates.
 
 use std::{
-    ffi::OsString,
     fs::{self, File, OpenOptions, TryLockError},
     io::{self, Write as _},
     os::unix::fs::FileExt as _,
@@ -20,6 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use super::record::{self, ChainHead, RecordKind};
 use crate::daemon::config::AuditConfig;
+pub use crate::rotation::rotated_path;
+use crate::rotation::{remove_if_present, rename_if_present};
 
 /// Records waiting for the writer thread; beyond this they are dropped (and counted).
 pub(crate) const QUEUE_CAPACITY: usize = 65536;
@@ -117,14 +118,21 @@ struct Message {
 }
 
 enum Action {
-    Record { kind: RecordKind, time: SystemTime, body: serde_json::Value },
+    Record {
+        kind: RecordKind,
+        time: SystemTime,
+        body: serde_json::Value,
+    },
     /// Write and fsync everything before this, then answer.
     Flush(SyncSender<()>),
     /// As `Flush`, then end the thread.
     Stop(SyncSender<()>),
     /// Tests: answer `held`, then wait for `release`, so the queue fills.
     #[cfg(test)]
-    Hold { held: SyncSender<()>, release: Receiver<()> },
+    Hold {
+        held: SyncSender<()>,
+        release: Receiver<()>,
+    },
 }
 
 /// Opens (or creates) the log, continues its chain, and starts the writer.
@@ -323,7 +331,15 @@ impl Writer {
 
     /// Adds a line to the chunk, first writing the chunk and rotating if the
     /// line would take the live file past its size limit.
-    fn push(&mut self, chunk: &mut Chunk, kind: RecordKind, time: SystemTime, body: &serde_json::Value, records: u64, gap_lost: u64) {
+    fn push(
+        &mut self,
+        chunk: &mut Chunk,
+        kind: RecordKind,
+        time: SystemTime,
+        body: &serde_json::Value,
+        records: u64,
+        gap_lost: u64,
+    ) {
         let mut head = chunk.head;
         let mut line = record::render(&mut head, kind, time, body);
         if self.log.must_rotate_before(chunk.bytes.len() as u64, line.len() as u64) {
@@ -476,7 +492,9 @@ impl LiveLog {
             let file = match File::open(&rotated) {
                 Ok(file) => file,
                 Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
-                Err(source) => return Err(AuditError::Read { path: rotated, source }),
+                Err(source) => {
+                    return Err(AuditError::Read { path: rotated, source });
+                }
             };
             let tail = read_tail(&file).map_err(|source| AuditError::Read { path: rotated.clone(), source })?;
             if let Some(last) = tail.last_line {
@@ -488,7 +506,8 @@ impl LiveLog {
     }
 
     fn chain_from(&mut self, path: &Path, last_line: &[u8]) -> Result<(), AuditError> {
-        let last = record::parse(last_line).map_err(|reason| AuditError::Unreadable { path: path.to_owned(), reason })?;
+        let last =
+            record::parse(last_line).map_err(|reason| AuditError::Unreadable { path: path.to_owned(), reason })?;
         if !last.intact {
             // Keep the daemon auditing; verify will name this record.
             tracing::warn!(
@@ -558,7 +577,11 @@ impl LiveLog {
         remove_if_present(&oldest).map_err(step_failed(format!("delete {}", oldest.display())))?;
         for k in (1..self.keep).rev() {
             let (from, to) = (rotated_path(&self.path, k), rotated_path(&self.path, k + 1));
-            rename_if_present(&from, &to).map_err(step_failed(format!("rename {} to {}", from.display(), to.display())))?;
+            rename_if_present(&from, &to).map_err(step_failed(format!(
+                "rename {} to {}",
+                from.display(),
+                to.display()
+            )))?;
         }
         let newest = rotated_path(&self.path, 1);
         rename_if_present(&self.path, &newest).map_err(step_failed(format!("rename to {}", newest.display())))?;
@@ -597,27 +620,6 @@ fn lock(file: &File, path: &Path) -> Result<(), AuditError> {
     }
 }
 
-/// `path.<k>`.
-pub(crate) fn rotated_path(path: &Path, k: u32) -> PathBuf {
-    let mut name = OsString::from(path.as_os_str());
-    name.push(format!(".{k}"));
-    PathBuf::from(name)
-}
-
-fn remove_if_present(path: &Path) -> io::Result<()> {
-    match fs::remove_file(path) {
-        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
-        result => result,
-    }
-}
-
-fn rename_if_present(from: &Path, to: &Path) -> io::Result<()> {
-    match fs::rename(from, to) {
-        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
-        result => result,
-    }
-}
-
 /// Makes the renames durable. Failure only risks the names after a crash,
 /// not the records, so it is logged rather than failing the rotation.
 fn sync_parent(path: &Path) {
@@ -647,7 +649,8 @@ fn read_tail(file: &File) -> io::Result<Tail> {
         let mut bytes = vec![0; (len - start) as usize];
         file.read_exact_at(&mut bytes, start)?;
         let last_newline = bytes.iter().rposition(|&byte| byte == b'\n');
-        let line_start = last_newline.and_then(|end| bytes[..end].iter().rposition(|&byte| byte == b'\n').map(|at| at + 1));
+        let line_start =
+            last_newline.and_then(|end| bytes[..end].iter().rposition(|&byte| byte == b'\n').map(|at| at + 1));
         let found = match (last_newline, line_start) {
             (Some(_), Some(_)) => true,
             // The window reaches the file's start: whatever there is, is all there is.

@@ -11,7 +11,7 @@ use std::{
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::{
-    api::{Client, ExplainAction, Request, Response, DEFAULT_SOCKET},
+    api::{Client, DEFAULT_SOCKET, ExplainAction, Request, Response},
     daemon::{self, DaemonOptions},
     launch::fork_paused,
     policy::document,
@@ -299,9 +299,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn run_daemon(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<ExitCode> {
-    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-    );
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()));
     match args.log_format.as_str() {
         "json" => builder.json().init(),
         "text" => builder.init(),
@@ -403,7 +403,13 @@ fn run_command(socket: &Path, mut request: Request, command: &[String]) -> anyho
     })
 }
 
-fn events(socket: &Path, follow: bool, identity: Option<String>, verdicts: Vec<String>, json: bool) -> anyhow::Result<ExitCode> {
+fn events(
+    socket: &Path,
+    follow: bool,
+    identity: Option<String>,
+    verdicts: Vec<String>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let mut client = match Client::connect(socket) {
         Ok(client) => client,
         Err(error) => {
@@ -446,7 +452,8 @@ fn policy(socket: &Path, command: PolicyCommand, json: bool) -> anyhow::Result<E
         PolicyCommand::Apply { files } => {
             let mut documents = Vec::new();
             for file in document::expand_paths(&files).map_err(|error| anyhow::anyhow!(error))? {
-                let text = std::fs::read_to_string(&file).map_err(|error| anyhow::anyhow!("{}: {error}", file.display()))?;
+                let text =
+                    std::fs::read_to_string(&file).map_err(|error| anyhow::anyhow!("{}: {error}", file.display()))?;
                 documents.push((file.display().to_string(), text));
             }
             match call(socket, &Request::PolicyApply { documents }) {

@@ -48,14 +48,23 @@ pub fn print(response: &Response, json: bool) -> ExitCode {
                 println!("{map:<20} {used:>8} {capacity:>8}");
             }
             println!();
-            println!("{:<40} {:<5} {:>10} {:>10} {:>8} {:>12}", "SINK", "FORMAT", "DELIVERED", "DROPPED", "ERRORS", "QUEUE");
+            println!(
+                "{:<40} {:<5} {:>10} {:>10} {:>8} {:>12}",
+                "SINK", "FORMAT", "DELIVERED", "DROPPED", "ERRORS", "QUEUE"
+            );
             for sink in &status.sinks {
                 let queue = format!("{}/{}", sink.queue_depth, sink.queue_capacity);
-                println!("{:<40} {:<5} {:>10} {:>10} {:>8} {:>12}", sink.name, sink.format, sink.delivered, sink.dropped, sink.errors, queue);
+                println!(
+                    "{:<40} {:<5} {:>10} {:>10} {:>8} {:>12}",
+                    sink.name, sink.format, sink.delivered, sink.dropped, sink.errors, queue
+                );
             }
         }
         Response::Ps { processes } => {
-            println!("{:>8}  {:>8}  {:<16} {:<24} {:>8}  {:>10}  COMMAND", "PID", "PARENT", "IDENTITY", "OWNER", "AGE", "EXPIRES");
+            println!(
+                "{:>8}  {:>8}  {:<16} {:<24} {:>8}  {:>10}  COMMAND",
+                "PID", "PARENT", "IDENTITY", "OWNER", "AGE", "EXPIRES"
+            );
             for process in processes {
                 let expires = process.expires_in_seconds.map_or("-".to_string(), |seconds| format!("{seconds}s"));
                 let indent = "  ".repeat(process.depth as usize);
@@ -83,12 +92,22 @@ pub fn print(response: &Response, json: bool) -> ExitCode {
             println!("{:<10} {:<16} {:>9}  {:<40} REASON", "GRANT", "IDENTITY", "EXPIRES", "OBJECT");
             for grant in grants {
                 let left = grant.expires_at_boot_ns.saturating_sub(now) / 1_000_000_000;
-                println!("{:<10} {:<16} {:>8}s  {:<40} {}", grant.id, grant.identity, left, grant.object.describe(), grant.reason.as_deref().unwrap_or("-"));
+                println!(
+                    "{:<10} {:<16} {:>8}s  {:<40} {}",
+                    grant.id,
+                    grant.identity,
+                    left,
+                    grant.object.describe(),
+                    grant.reason.as_deref().unwrap_or("-")
+                );
             }
         }
         Response::Approvals { requests } => {
             let now = crate::loader::boot_time_ns();
-            println!("{:<8} {:<9} {:<16} {:<24} {:>8} {:>9}  OBJECT", "REQUEST", "STATE", "IDENTITY", "OWNER", "ATTEMPTS", "EXPIRES");
+            println!(
+                "{:<8} {:<9} {:<16} {:<24} {:>8} {:>9}  OBJECT",
+                "REQUEST", "STATE", "IDENTITY", "OWNER", "ATTEMPTS", "EXPIRES"
+            );
             for request in requests {
                 let left = request.expires_at_boot_ns.saturating_sub(now) / 1_000_000_000;
                 println!(

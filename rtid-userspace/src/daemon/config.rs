@@ -14,7 +14,11 @@
 //! throttle: { perIdentityPerSecond: 2000 }
 //! ```
 
-use std::{net::SocketAddr, path::{Path, PathBuf}, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use serde::Deserialize;
 
@@ -166,7 +170,8 @@ impl DaemonConfig {
     /// Reads and checks `path`; every problem names the file (and line, where the parser knows it).
     pub fn load(path: &Path) -> Result<DaemonConfig, String> {
         let text = std::fs::read_to_string(path).map_err(|error| format!("{}: {error}", path.display()))?;
-        let config: DaemonConfig = serde_saphyr::from_str(&text).map_err(|error| format!("{}: {error}", path.display()))?;
+        let config: DaemonConfig =
+            serde_saphyr::from_str(&text).map_err(|error| format!("{}: {error}", path.display()))?;
         config.validate().map_err(|problem| format!("{}: {problem}", path.display()))?;
         Ok(config)
     }

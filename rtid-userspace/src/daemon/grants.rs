@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
-use rtid_common::{access, protocol, Verdict};
+use rtid_common::{Verdict, access, protocol};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -103,7 +103,14 @@ pub struct Ledger {
 
 impl Ledger {
     pub fn new(request_lifetime: Duration, max_grant_ttl: Duration) -> Ledger {
-        Ledger { request_lifetime, max_grant_ttl, grants: Vec::new(), requests: BTreeMap::new(), next_grant: 0, next_request: 0 }
+        Ledger {
+            request_lifetime,
+            max_grant_ttl,
+            grants: Vec::new(),
+            requests: BTreeMap::new(),
+            next_grant: 0,
+            next_request: 0,
+        }
     }
 
     pub fn state(&self) -> LedgerState {
@@ -143,7 +150,15 @@ impl Ledger {
         }
     }
 
-    pub fn add(&mut self, identity: &str, object: GrantObject, ttl: Duration, reason: Option<String>, request: Option<String>, now: u64) -> Result<Grant, String> {
+    pub fn add(
+        &mut self,
+        identity: &str,
+        object: GrantObject,
+        ttl: Duration,
+        reason: Option<String>,
+        request: Option<String>,
+        now: u64,
+    ) -> Result<Grant, String> {
         if ttl.is_zero() {
             return Err("a grant needs a TTL".into());
         }
@@ -176,7 +191,13 @@ impl Ledger {
 
     /// Opens an approval request for a step-up event, or joins the pending
     /// one for the same identity and object. Returns the id of a new request.
-    pub fn request_from(&mut self, record: &EventRecord, owner: Option<String>, purpose: Option<String>, now: u64) -> Option<String> {
+    pub fn request_from(
+        &mut self,
+        record: &EventRecord,
+        owner: Option<String>,
+        purpose: Option<String>,
+        now: u64,
+    ) -> Option<String> {
         let identity = record.identity.clone()?;
         let object = object_of(record)?;
         self.prune(now);
@@ -222,7 +243,8 @@ impl Ledger {
 
     fn pending_mut(&mut self, id: &str, now: u64) -> Result<&mut ApprovalRequest, String> {
         self.prune(now);
-        let request = self.requests.values_mut().find(|r| r.id == id).ok_or_else(|| format!("no approval request {id}"))?;
+        let request =
+            self.requests.values_mut().find(|r| r.id == id).ok_or_else(|| format!("no approval request {id}"))?;
         match request.state {
             RequestState::Pending => Ok(request),
             state => Err(format!("request {id} is {state:?}, not pending").to_lowercase()),
@@ -269,9 +291,13 @@ impl Ledger {
 /// The object of a step-up event, as a grant would name it.
 fn object_of(record: &EventRecord) -> Option<GrantObject> {
     match record.kind.as_str() {
-        "file" => Some(GrantObject::Open { path: record.path.clone()?, write: record.access.iter().any(|a| a == "write") }),
+        "file" => {
+            Some(GrantObject::Open { path: record.path.clone()?, write: record.access.iter().any(|a| a == "write") })
+        }
         "exec" => Some(GrantObject::Exec { path: record.path.clone()? }),
-        "connect" | "send" if record.flags.iter().any(|f| f == "unix_socket") => Some(GrantObject::Unix { path: record.path.clone()? }),
+        "connect" | "send" if record.flags.iter().any(|f| f == "unix_socket") => {
+            Some(GrantObject::Unix { path: record.path.clone()? })
+        }
         "connect" | "send" => {
             let address: IpAddr = record.address.as_ref()?.parse().ok()?;
             let port = record.port?;

@@ -3,10 +3,10 @@
 
 pub mod config;
 pub mod grants;
-mod webhook;
 mod server;
 pub mod state;
 pub mod streams;
+mod webhook;
 
 use std::{
     collections::BTreeMap,
@@ -21,11 +21,11 @@ use tracing::{info, warn};
 
 use crate::{
     events::{
-        record::{EventRecord, Names},
         EventReader,
+        record::{EventRecord, Names},
     },
     loader::{LoadOptions, RtidKernel},
-    policy::{compile, document, IdentitySpec},
+    policy::{IdentitySpec, compile, document},
 };
 
 pub struct DaemonOptions {
@@ -76,6 +76,10 @@ pub struct Daemon {
     pub enricher: crate::events::enrich::Enricher,
     /// Binary of each identified process, from its exec event.
     pub exec_images: std::collections::HashMap<String, String>,
+    /// Delegation chains by identity id, for the policy install they were
+    /// worked out under (events name the chain; working it out per event is
+    /// too slow for a flood).
+    pub chains: (u64, std::collections::HashMap<u32, Option<String>>),
 }
 
 pub type Shared = Arc<Mutex<Daemon>>;
@@ -83,11 +87,6 @@ pub type Shared = Arc<Mutex<Daemon>>;
 impl Names for Daemon {
     fn identity(&self, id: u32) -> Option<String> {
         self.kernel.identity_name(id).map(str::to_string)
-    }
-
-    fn chain(&self, id: u32) -> Option<String> {
-        let name = self.kernel.identity_name(id)?;
-        crate::policy::delegation::describe_chain(&self.all_identities(), name)
     }
 
     fn rule(&self, id: u32) -> Option<(String, String)> {
@@ -107,11 +106,17 @@ pub struct LoadedPolicy {
 /// Compiles policy plus live grants and swaps it in atomically, then installs
 /// the selectors (exec selectors in the kernel, cgroup selectors as bindings
 /// of the cgroup and its descendants). On error the policy in force stays.
-pub fn install(kernel: &mut RtidKernel, policy: &LoadedPolicy, derived: &[IdentitySpec], grants: &[grants::Grant]) -> anyhow::Result<()> {
+pub fn install(
+    kernel: &mut RtidKernel,
+    policy: &LoadedPolicy,
+    derived: &[IdentitySpec],
+    grants: &[grants::Grant],
+) -> anyhow::Result<()> {
     let mut identities = policy.identities.clone();
     // Launch-time delegations whose identities still exist in this policy.
     for identity in derived {
-        let known = |name: &Option<String>| name.as_ref().is_some_and(|n| policy.identities.iter().any(|i| &i.name == n));
+        let known =
+            |name: &Option<String>| name.as_ref().is_some_and(|n| policy.identities.iter().any(|i| &i.name == n));
         let base = identity.name.rsplit('>').next().map(str::to_string);
         if known(&identity.delegated_by) && known(&base) {
             identities.push(identity.clone());
@@ -119,9 +124,8 @@ pub fn install(kernel: &mut RtidKernel, policy: &LoadedPolicy, derived: &[Identi
     }
     let identities = grants::with_grants(&identities, grants);
     let identities = crate::policy::delegation::effective(&identities).map_err(|problem| anyhow::anyhow!(problem))?;
-    let compiled = compile(&identities).map_err(|errors| {
-        anyhow::anyhow!(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
-    })?;
+    let compiled = compile(&identities)
+        .map_err(|errors| anyhow::anyhow!(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")))?;
     kernel.install(compiled).context("installing policy")?;
     // Rule ids are renumbered by each compile: list the single-use grants again.
     let once: Vec<String> = grants.iter().filter(|grant| grant.once).map(|grant| grant.id.clone()).collect();
@@ -134,9 +138,13 @@ pub fn install(kernel: &mut RtidKernel, policy: &LoadedPolicy, derived: &[Identi
                 let root = crate::loader::cgroup::cgroup2_root().context("cgroup v2 hierarchy")?;
                 let cgroup = root.join(path.trim_start_matches('/'));
                 match kernel.bind_cgroup(&cgroup, &selector.identity) {
-                    Ok(()) => info!(cgroup = %cgroup.display(), identity = %selector.identity, "cgroup bound"),
+                    Ok(()) => {
+                        info!(cgroup = %cgroup.display(), identity = %selector.identity, "cgroup bound")
+                    }
                     // A pod's cgroup may not exist yet; the selector applies once it does (next reload).
-                    Err(error) => warn!(cgroup = %cgroup.display(), %error, "cgroup selector not bound"),
+                    Err(error) => {
+                        warn!(cgroup = %cgroup.display(), %error, "cgroup selector not bound")
+                    }
                 }
             }
         }
@@ -147,7 +155,11 @@ pub fn install(kernel: &mut RtidKernel, policy: &LoadedPolicy, derived: &[Identi
 
 /// `base` as delegated from `delegator` (named `delegator>base`).
 fn derived_identity(policy: &LoadedPolicy, base: &str, delegator: &str) -> anyhow::Result<IdentitySpec> {
-    let spec = policy.identities.iter().find(|i| i.name == base).ok_or_else(|| anyhow::anyhow!("unknown identity {base:?}"))?;
+    let spec = policy
+        .identities
+        .iter()
+        .find(|i| i.name == base)
+        .ok_or_else(|| anyhow::anyhow!("unknown identity {base:?}"))?;
     if !policy.identities.iter().any(|i| i.name == delegator) {
         anyhow::bail!("unknown delegator {delegator:?}");
     }
@@ -184,9 +196,8 @@ pub fn read_policy(paths: &[PathBuf]) -> Result<LoadedPolicy, String> {
     let set = if paths.is_empty() {
         document::default_policy()
     } else {
-        document::load_paths(paths).map_err(|errors| {
-            errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
-        })?
+        document::load_paths(paths)
+            .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))?
     };
     let sources = if paths.is_empty() { vec!["embedded default policy".to_string()] } else { set.sources.clone() };
     Ok(LoadedPolicy { identities: set.identities, selectors: set.selectors, sources })
@@ -267,6 +278,7 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
         streams,
         enricher: crate::events::enrich::Enricher::new(),
         exec_images: std::collections::HashMap::new(),
+        chains: (0, std::collections::HashMap::new()),
     }));
     tokio::spawn(pump_events(reader, daemon.clone()));
     tokio::spawn(tick_throttle(daemon.clone()));
@@ -301,7 +313,7 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
 
 /// SIGHUP reloads policy from the same paths; SIGTERM and SIGINT stop.
 async fn wait_for_signals(daemon: Shared) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
+    use tokio::signal::unix::{SignalKind, signal};
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -329,7 +341,9 @@ fn reload(daemon: &Shared) {
                 daemon.policy = policy;
                 info!("SIGHUP: policy reloaded");
             }
-            Err(error) => warn!(%error, "SIGHUP: reload failed, the policy in force stays in force"),
+            Err(error) => {
+                warn!(%error, "SIGHUP: reload failed, the policy in force stays in force")
+            }
         },
         Err(errors) => warn!(%errors, "SIGHUP: policy invalid, the policy in force stays in force"),
     }
@@ -338,8 +352,11 @@ fn reload(daemon: &Shared) {
 /// The kernel revoked the identity (and killed the actor if so configured);
 /// with `then: kill`, the identity's other processes are killed here too.
 fn quarantine_tripped(daemon: &Daemon, record: &EventRecord) {
-    let Some(name) = record.identity.as_deref() else { return };
-    let kill = daemon.kernel.policy().identity(name).and_then(|identity| identity.spec.quarantine).is_some_and(|q| q.kill);
+    let Some(name) = record.identity.as_deref() else {
+        return;
+    };
+    let kill =
+        daemon.kernel.policy().identity(name).and_then(|identity| identity.spec.quarantine).is_some_and(|q| q.kill);
     warn!(identity = name, pid = record.tgid, kill, "quarantine tripped: identity revoked by the kernel");
     if kill {
         for pid in daemon.kernel.processes_of(name) {
@@ -363,31 +380,45 @@ async fn pump_events(reader: EventReader, daemon: Shared) {
         }
     };
     loop {
-        let Ok(mut guard) = ready.readable_mut().await else { return };
-        let batch = guard.get_inner_mut().drain();
+        let Ok(mut guard) = ready.readable_mut().await else {
+            return;
+        };
+        // Readiness first, then drain to empty: an event that lands after
+        // the last read makes the ring readable again.
         guard.clear_ready();
-        if batch.is_empty() {
-            continue;
+        loop {
+            let batch = guard.get_inner_mut().drain_up_to(PUMP_BATCH);
+            if batch.is_empty() {
+                break;
+            }
+            process_batch(&daemon, &batch);
         }
-        let mut daemon = daemon.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        daemon.events_seen += batch.len() as u64;
-        let clock = streams::WallClock::now();
-        for event in &batch {
-            if event.kind == rtid_common::EventKind::Exit as u8 {
-                daemon.labels.remove(&event.tgid);
-            }
-            if event.kind == rtid_common::EventKind::Exec as u8 {
-                // A new image: what /proc said before the exec is stale.
-                daemon.enricher.forget(&format!("{}:{}", event.tgid, event.process_start_ns));
-            }
-            let mut record = EventRecord::from_event(event, &*daemon);
-            daemon.enrich(&mut record, &clock);
-            follow_up(&mut daemon, &record);
-            if event.kind == rtid_common::EventKind::Exit as u8 {
-                daemon.enricher.forget(&record.process_key);
-            }
-            daemon.streams.emit(record);
+    }
+}
+
+/// Events handled per hold of the daemon's lock: a flood does not keep the
+/// control API (a revocation, say) waiting for the whole ring.
+const PUMP_BATCH: usize = 1024;
+
+fn process_batch(daemon: &Shared, batch: &[rtid_common::Event]) {
+    let mut daemon = daemon.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    daemon.events_seen += batch.len() as u64;
+    let clock = streams::WallClock::now();
+    for event in batch {
+        if event.kind == rtid_common::EventKind::Exit as u8 {
+            daemon.labels.remove(&event.tgid);
         }
+        if event.kind == rtid_common::EventKind::Exec as u8 {
+            // A new image: what /proc said before the exec is stale.
+            daemon.enricher.forget(&format!("{}:{}", event.tgid, event.process_start_ns));
+        }
+        let mut record = EventRecord::from_event(event, &*daemon);
+        daemon.enrich(&mut record, &clock);
+        follow_up(&mut daemon, &record);
+        if event.kind == rtid_common::EventKind::Exit as u8 {
+            daemon.enricher.forget(&record.process_key);
+        }
+        daemon.streams.emit(record);
     }
 }
 
@@ -403,7 +434,9 @@ fn follow_up(daemon: &mut Daemon, record: &EventRecord) {
         state::save(daemon);
     }
     if record.flags.iter().any(|flag| flag == "quarantine_tripped") {
-        daemon.streams.audit_change(serde_json::json!({ "action": "quarantine", "identity": record.identity, "tgid": record.tgid }));
+        daemon.streams.audit_change(
+            serde_json::json!({ "action": "quarantine", "identity": record.identity, "tgid": record.tgid }),
+        );
         quarantine_tripped(daemon, record);
     }
     if record.verdict == "step_up" {
@@ -436,7 +469,11 @@ impl Daemon {
         if record.tgid != 0 {
             let kernel = &self.kernel;
             let identity_of = |pid: u32| {
-                kernel.process_identity(pid).ok().flatten().map(|entry| kernel.identity_name(entry.identity).unwrap_or("?").to_string())
+                kernel
+                    .process_identity(pid)
+                    .ok()
+                    .flatten()
+                    .map(|entry| kernel.identity_name(entry.identity).unwrap_or("?").to_string())
             };
             record.process = self.enricher.details(record.tgid, &record.process_key, record.uid, &identity_of);
             self.fill_exe_from_exec(record);
@@ -447,6 +484,7 @@ impl Daemon {
             record.owner = identity.spec.owner.clone();
             record.purpose = identity.spec.purpose.clone();
         }
+        record.delegation_chain = self.chain_of(record.identity_id);
         // `rtid run --owner/--purpose` name the launch more precisely than the
         // policy, for the launched process and everything below it.
         let launch = std::iter::once(record.tgid)
@@ -463,6 +501,23 @@ impl Daemon {
             record.grant_id = Some(grant.id.clone());
             record.approval_id = grant.request.clone();
         }
+    }
+
+    /// `owner > delegator > ... > identity`, worked out once per policy install.
+    fn chain_of(&mut self, id: u32) -> Option<String> {
+        let installs = self.kernel.installs();
+        if self.chains.0 != installs {
+            self.chains = (installs, std::collections::HashMap::new());
+        }
+        if let Some(chain) = self.chains.1.get(&id) {
+            return chain.clone();
+        }
+        let chain = self
+            .kernel
+            .identity_name(id)
+            .and_then(|name| crate::policy::delegation::describe_chain(&self.all_identities(), name));
+        self.chains.1.insert(id, chain.clone());
+        chain
     }
 
     /// The kernel named the binary at exec: that answers `exe` for the
@@ -510,7 +565,9 @@ fn metrics_snapshot(daemon: &Shared) -> crate::metrics::MetricsSnapshot {
     let mut daemon = daemon.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let counters = daemon.kernel.counters().unwrap_or_default();
     let now = crate::loader::boot_time_ns();
-    let approvals_pending = daemon.grants.requests(now).iter().filter(|request| request.state == grants::RequestState::Pending).count() as u64;
+    let approvals_pending =
+        daemon.grants.requests(now).iter().filter(|request| request.state == grants::RequestState::Pending).count()
+            as u64;
     let (audit_records, audit_dropped) = daemon.streams.audit_stats();
     crate::metrics::MetricsSnapshot {
         node: daemon.streams.node.clone(),

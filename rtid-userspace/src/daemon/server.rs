@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use super::{LabelInfo, Shared};
 use crate::{
     api::{Backends, ExplainAction, ProcessEntry, Request, Response, StatusReport},
-    events::record::EventRecord,
+    events::pipeline::SharedRecord,
     policy::document,
 };
 
@@ -29,7 +29,9 @@ pub fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
 
 pub async fn serve(listener: UnixListener, daemon: Shared) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let daemon = daemon.clone();
         let events = daemon.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).streams.subscribe();
         tokio::spawn(async move {
@@ -40,11 +42,17 @@ pub async fn serve(listener: UnixListener, daemon: Shared) {
     }
 }
 
-async fn handle(stream: UnixStream, daemon: Shared, mut events: broadcast::Receiver<EventRecord>) -> anyhow::Result<()> {
+async fn handle(
+    stream: UnixStream,
+    daemon: Shared,
+    mut events: broadcast::Receiver<SharedRecord>,
+) -> anyhow::Result<()> {
     let credentials = stream.peer_cred()?;
     let (read_half, mut write_half) = stream.into_split();
     let mut lines = BufReader::new(read_half).lines();
-    let Some(line) = lines.next_line().await? else { return Ok(()) };
+    let Some(line) = lines.next_line().await? else {
+        return Ok(());
+    };
     let caller_pid = credentials.pid().unwrap_or(0) as u32;
     let response = match serde_json::from_str::<Request>(&line) {
         Err(error) => Response::Error { message: format!("malformed request: {error}") },
@@ -55,8 +63,17 @@ async fn handle(stream: UnixStream, daemon: Shared, mut events: broadcast::Recei
             }
             Ok(()) => {
                 if let Request::Events { follow, identity, verdicts } = &request {
-                    let dropped = daemon.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).streams.socket_stats.clone();
-                    return stream_events(&mut write_half, &mut events, &dropped, *follow, identity.clone(), verdicts.clone()).await;
+                    let dropped =
+                        daemon.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).streams.socket_stats.clone();
+                    return stream_events(
+                        &mut write_half,
+                        &mut events,
+                        &dropped,
+                        *follow,
+                        identity.clone(),
+                        verdicts.clone(),
+                    )
+                    .await;
                 }
                 let change = change_record(&request, credentials.uid(), caller_pid);
                 let response = dispatch(&daemon, request, caller_pid);
@@ -84,7 +101,9 @@ fn authorize(daemon: &Shared, uid: u32, gid: u32, pid: u32) -> Result<(), String
     let daemon = daemon.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Ok(Some(entry)) = daemon.kernel.process_identity(pid) {
         let name = daemon.kernel.identity_name(entry.identity).unwrap_or("?").to_string();
-        return Err(format!("refused: the calling process {pid} carries identity {name}; agents cannot use the control API"));
+        return Err(format!(
+            "refused: the calling process {pid} carries identity {name}; agents cannot use the control API"
+        ));
     }
     if uid == 0 {
         return Ok(());
@@ -108,7 +127,12 @@ fn group_id(name: &str) -> Option<u32> {
 /// Policy documents are recorded by name and SHA-256, not in full.
 fn change_record(request: &Request, uid: u32, pid: u32) -> Option<serde_json::Value> {
     let mut body = match request {
-        Request::Status | Request::Ps | Request::PolicyExplain { .. } | Request::Grants | Request::Approvals | Request::Events { .. } => {
+        Request::Status
+        | Request::Ps
+        | Request::PolicyExplain { .. }
+        | Request::Grants
+        | Request::Approvals
+        | Request::Events { .. } => {
             return None;
         }
         Request::PolicyApply { documents } => serde_json::json!({
@@ -131,7 +155,7 @@ fn change_record(request: &Request, uid: u32, pid: u32) -> Option<serde_json::Va
 
 async fn stream_events(
     writer: &mut tokio::net::unix::OwnedWriteHalf,
-    events: &mut broadcast::Receiver<EventRecord>,
+    events: &mut broadcast::Receiver<SharedRecord>,
     stats: &crate::events::pipeline::SinkStats,
     follow: bool,
     identity: Option<String>,
@@ -145,7 +169,11 @@ async fn stream_events(
             Ok(record) => record,
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 stats.dropped(missed);
-                write(writer, &Response::Error { message: format!("{missed} events skipped: this client reads too slowly") }).await?;
+                write(
+                    writer,
+                    &Response::Error { message: format!("{missed} events skipped: this client reads too slowly") },
+                )
+                .await?;
                 continue;
             }
             Err(broadcast::error::RecvError::Closed) => return Ok(()),
@@ -153,10 +181,12 @@ async fn stream_events(
         if identity.as_ref().is_some_and(|wanted| record.identity.as_ref() != Some(wanted)) {
             continue;
         }
-        if !verdicts.is_empty() && !verdicts.iter().any(|verdict| *verdict == record.verdict || *verdict == record.outcome) {
+        if !verdicts.is_empty()
+            && !verdicts.iter().any(|verdict| *verdict == record.verdict || *verdict == record.outcome)
+        {
             continue;
         }
-        write(writer, &Response::Event(Box::new(record))).await?;
+        write(writer, &Response::Event(Box::new(std::sync::Arc::unwrap_or_clone(record)))).await?;
         stats.delivered(1);
     }
 }
@@ -169,7 +199,10 @@ fn dispatch(daemon: &Shared, request: Request, caller_pid: u32) -> Response {
             if daemon.kernel.identity_id(&identity).is_none() =>
         {
             let _ = pid;
-            error(format!("unknown identity {identity:?}; known: {}", daemon.kernel.policy().identities.iter().map(|i| i.spec.name.as_str()).collect::<Vec<_>>().join(", ")))
+            error(format!(
+                "unknown identity {identity:?}; known: {}",
+                daemon.kernel.policy().identities.iter().map(|i| i.spec.name.as_str()).collect::<Vec<_>>().join(", ")
+            ))
         }
         Request::LabelChild { pid, identity, owner, purpose, ttl_seconds, delegated_by } => {
             if parent_of(pid) != Some(caller_pid) {
@@ -183,9 +216,10 @@ fn dispatch(daemon: &Shared, request: Request, caller_pid: u32) -> Response {
                 None => identity,
             };
             if let Some(seconds) = ttl_seconds
-                && let Err(failure) = shorten_expiry(&mut daemon, &identity, seconds) {
-                    return error(failure.to_string());
-                }
+                && let Err(failure) = shorten_expiry(&mut daemon, &identity, seconds)
+            {
+                return error(failure.to_string());
+            }
             let response = label(&mut daemon, pid, &identity, "launcher");
             if let Some(info) = daemon.labels.get_mut(&pid) {
                 if owner.is_some() {
@@ -215,7 +249,11 @@ fn dispatch(daemon: &Shared, request: Request, caller_pid: u32) -> Response {
             }
             let now = crate::loader::boot_time_ns();
             match daemon.grants.add(&identity, object, std::time::Duration::from_secs(ttl_seconds), reason, None, now) {
-                Ok(grant) => install_grants(&mut daemon, &grant.id, format!("{} granted to {identity}: {}", grant.id, grant.object.describe())),
+                Ok(grant) => install_grants(
+                    &mut daemon,
+                    &grant.id,
+                    format!("{} granted to {identity}: {}", grant.id, grant.object.describe()),
+                ),
                 Err(problem) => error(problem),
             }
         }
@@ -250,7 +288,12 @@ fn dispatch(daemon: &Shared, request: Request, caller_pid: u32) -> Response {
                     }
                 }
                 info!(identity, kill, killed, delegated = ?delegated, "identity revoked");
-                Response::Ok { message: format!("{identity} revoked (with {} delegated); {killed} processes killed", delegated.len()) }
+                Response::Ok {
+                    message: format!(
+                        "{identity} revoked (with {} delegated); {killed} processes killed",
+                        delegated.len()
+                    ),
+                }
             }
             Err(failure) => error(failure.to_string()),
         },
@@ -265,24 +308,33 @@ fn dispatch(daemon: &Shared, request: Request, caller_pid: u32) -> Response {
         Request::Approve { request, ttl_seconds, once } => {
             let now = crate::loader::boot_time_ns();
             match daemon.grants.approve(&request, std::time::Duration::from_secs(ttl_seconds), once, now) {
-                Ok(grant) => install_grants(&mut daemon, &grant.id, format!("{request} approved as {}: {}", grant.id, grant.object.describe())),
+                Ok(grant) => install_grants(
+                    &mut daemon,
+                    &grant.id,
+                    format!("{request} approved as {}: {}", grant.id, grant.object.describe()),
+                ),
                 Err(problem) => error(problem),
             }
         }
-        Request::Deny { request, reason } => match daemon.grants.deny(&request, reason, crate::loader::boot_time_ns()) {
-            Ok(()) => {
-                info!(request, "approval request denied");
-                super::state::save(&daemon);
-                Response::Ok { message: format!("{request} denied") }
+        Request::Deny { request, reason } => {
+            match daemon.grants.deny(&request, reason, crate::loader::boot_time_ns()) {
+                Ok(()) => {
+                    info!(request, "approval request denied");
+                    super::state::save(&daemon);
+                    Response::Ok { message: format!("{request} denied") }
+                }
+                Err(problem) => error(problem),
             }
-            Err(problem) => error(problem),
-        },
+        }
     }
 }
 
 /// Brings an identity's expiry forward to `seconds` from now (never later).
 fn shorten_expiry(daemon: &mut super::Daemon, identity: &str, seconds: u64) -> Result<(), crate::loader::LoadError> {
-    let id = daemon.kernel.identity_id(identity).ok_or_else(|| crate::loader::LoadError::UnknownIdentity(identity.into()))?;
+    let id = daemon
+        .kernel
+        .identity_id(identity)
+        .ok_or_else(|| crate::loader::LoadError::UnknownIdentity(identity.into()))?;
     let current = daemon.kernel.identity_status(id)?.expires_at_ns;
     let wanted = crate::loader::boot_time_ns() + seconds * 1_000_000_000;
     if current == 0 || wanted < current {
@@ -316,7 +368,10 @@ fn label(daemon: &mut super::Daemon, pid: u32, identity: &str, source: &'static 
     match daemon.kernel.label_pid(pid, identity) {
         Ok(()) => {
             let owner = daemon.kernel.policy().identity(identity).and_then(|i| i.spec.owner.clone());
-            daemon.labels.insert(pid, LabelInfo { identity: identity.into(), owner, purpose: None, source, labeled_at: Instant::now() });
+            daemon.labels.insert(
+                pid,
+                LabelInfo { identity: identity.into(), owner, purpose: None, source, labeled_at: Instant::now() },
+            );
             info!(pid, identity, source, "labeled");
             super::state::save(daemon);
             Response::Ok { message: format!("process {pid} labeled {identity}") }
@@ -409,7 +464,9 @@ fn rtid_common_boot_time() -> u64 {
 /// nothing changes and every error is reported.
 fn apply(daemon: &mut super::Daemon, documents: Vec<(String, String)>) -> Response {
     let parsed = document::parse_documents(&documents);
-    let rejected = |lines: Vec<String>| Response::Error { message: format!("policy rejected, nothing applied:\n{}", lines.join("\n")) };
+    let rejected = |lines: Vec<String>| Response::Error {
+        message: format!("policy rejected, nothing applied:\n{}", lines.join("\n")),
+    };
     let set = match parsed {
         Ok(set) => set,
         Err(errors) => return rejected(errors.iter().map(ToString::to_string).collect()),

@@ -117,7 +117,16 @@ pub fn live_labels(saved: &SavedState, kernel: &RtidKernel) -> BTreeMap<u32, Lab
         })
         .map(|label| {
             let source = if label.source == "launcher" { "launcher" } else { "label" };
-            (label.pid, LabelInfo { identity: label.identity.clone(), owner: label.owner.clone(), purpose: label.purpose.clone(), source, labeled_at: Instant::now() })
+            (
+                label.pid,
+                LabelInfo {
+                    identity: label.identity.clone(),
+                    owner: label.owner.clone(),
+                    purpose: label.purpose.clone(),
+                    source,
+                    labeled_at: Instant::now(),
+                },
+            )
         })
         .collect()
 }

@@ -32,11 +32,11 @@ pub struct Streams {
     pipeline: Pipeline,
     /// Events `rtid events --follow` clients missed because they read too slowly.
     pub socket_stats: Arc<SinkStats>,
-    socket: broadcast::Sender<EventRecord>,
+    socket: broadcast::Sender<SharedRecord>,
     audit: Option<AuditWriter>,
     throttle: Option<Throttle>,
     /// Events that left the daemon, by (kind, verdict).
-    counts: BTreeMap<(String, String), u64>,
+    counts: BTreeMap<String, BTreeMap<String, u64>>,
     next_seq: u64,
 }
 
@@ -108,7 +108,7 @@ impl Streams {
         Ok((streams, http))
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<EventRecord> {
+    pub fn subscribe(&self) -> broadcast::Receiver<SharedRecord> {
         self.socket.subscribe()
     }
 
@@ -143,13 +143,15 @@ impl Streams {
 
     /// Summaries of windows that closed without a later event (once a second).
     pub fn flush_throttle(&mut self, now_boot_ns: u64, names: &dyn Fn(u32) -> Option<String>) {
-        let Some(throttle) = self.throttle.as_mut() else { return };
+        let Some(throttle) = self.throttle.as_mut() else {
+            return;
+        };
         for closed in throttle.closed_before(now_boot_ns / 1_000_000_000) {
             let template = EventRecord {
                 identity_id: closed.identity_id,
                 identity: names(closed.identity_id),
                 time_boot_ns: now_boot_ns,
-                ..empty_record("suppressed")
+                ..EventRecord::from_daemon("suppressed")
             };
             let summary = self.suppressed_summary(&template, closed.count);
             self.send(summary);
@@ -185,20 +187,35 @@ impl Streams {
             time_boot_ns: like.time_boot_ns,
             rule: Some(format!("{count} events suppressed for identity {identity} in the last second")),
             suppressed: Some(count),
-            ..empty_record("suppressed")
+            ..EventRecord::from_daemon("suppressed")
         }
     }
 
     fn send(&mut self, record: EventRecord) {
-        *self.counts.entry((record.kind.clone(), record.verdict.clone())).or_default() += 1;
+        // Looked up by &str: no allocation per event once a pair has been seen.
+        match self
+            .counts
+            .get_mut(record.kind.as_str())
+            .and_then(|by_verdict| by_verdict.get_mut(record.verdict.as_str()))
+        {
+            Some(count) => *count += 1,
+            None => {
+                self.counts.entry(record.kind.clone()).or_default().insert(record.verdict.clone(), 1);
+            }
+        }
         let shared: SharedRecord = Arc::new(record);
         self.pipeline.publish(&shared);
         // No subscriber is not a loss: nobody asked for the stream.
-        let _ = self.socket.send(Arc::unwrap_or_clone(shared));
+        let _ = self.socket.send(shared);
     }
 
     pub fn counts(&self) -> Vec<((String, String), u64)> {
-        self.counts.iter().map(|(key, count)| (key.clone(), *count)).collect()
+        self.counts
+            .iter()
+            .flat_map(|(kind, by_verdict)| {
+                by_verdict.iter().map(move |(verdict, count)| ((kind.clone(), verdict.clone()), *count))
+            })
+            .collect()
     }
 
     pub fn suppressed_total(&self) -> u64 {
@@ -231,47 +248,6 @@ impl Streams {
 /// Decisions go to the audit trail: every verdict but a plain allow, and tampering.
 fn is_decision(record: &EventRecord) -> bool {
     matches!(record.kind.as_str(), "file" | "connect" | "send" | "exec" | "tamper") && record.verdict != "allow"
-}
-
-fn empty_record(kind: &str) -> EventRecord {
-    EventRecord {
-        schema: crate::events::record::EVENT_SCHEMA.into(),
-        kind: kind.into(),
-        time_boot_ns: 0,
-        pid: 0,
-        tgid: 0,
-        parent_tgid: 0,
-        uid: 0,
-        comm: String::new(),
-        process_key: String::new(),
-        identity_id: 0,
-        identity: None,
-        delegation_chain: None,
-        verdict: "allow".into(),
-        outcome: "allowed".into(),
-        errno: 0,
-        decision: "lifecycle".into(),
-        rule_id: None,
-        rule: None,
-        backend: "daemon".into(),
-        access: Vec::new(),
-        path: None,
-        address: None,
-        port: None,
-        protocol: None,
-        flags: Vec::new(),
-        generation: 0,
-        related_tgid: None,
-        seq: 0,
-        time: String::new(),
-        node: String::new(),
-        owner: None,
-        purpose: None,
-        grant_id: None,
-        approval_id: None,
-        process: Default::default(),
-        suppressed: None,
-    }
 }
 
 /// Converts the kernel's boot-clock times to wall-clock times: the offset
@@ -314,9 +290,9 @@ mod tests {
 
     #[test]
     fn only_decisions_are_audited() {
-        let deny = EventRecord { verdict: "deny".into(), ..empty_record("file") };
-        let allowed = EventRecord { verdict: "allow".into(), ..empty_record("connect") };
-        let start = EventRecord { verdict: "allow".into(), ..empty_record("process_start") };
+        let deny = EventRecord { verdict: "deny".into(), ..EventRecord::from_daemon("file") };
+        let allowed = EventRecord { verdict: "allow".into(), ..EventRecord::from_daemon("connect") };
+        let start = EventRecord { verdict: "allow".into(), ..EventRecord::from_daemon("process_start") };
         assert!(is_decision(&deny));
         assert!(!is_decision(&allowed));
         assert!(!is_decision(&start));

@@ -95,7 +95,13 @@ impl Enricher {
 
     /// Details of process `tgid`, known by `process_key` ("tgid:start_ns", start_ns = the task's start_boottime in ns from the kernel),
     /// from the cache or /proc. `identity_of(pid)` names the identity a pid carries (None if untagged).
-    pub fn details(&mut self, tgid: u32, process_key: &str, uid: u32, identity_of: &dyn Fn(u32) -> Option<String>) -> ProcessDetails {
+    pub fn details(
+        &mut self,
+        tgid: u32,
+        process_key: &str,
+        uid: u32,
+        identity_of: &dyn Fn(u32) -> Option<String>,
+    ) -> ProcessDetails {
         if let Some(cached) = self.cache.get(process_key) {
             return cached.details.clone();
         }
@@ -138,10 +144,18 @@ impl Enricher {
 
 /// Everything /proc can say about the process, or nothing when /proc/<tgid>
 /// is not (or no longer) the process the key names.
-fn read_process(tgid: u32, process_key: &str, ticks_per_second: u64, identity_of: &dyn Fn(u32) -> Option<String>) -> ProcessDetails {
+fn read_process(
+    tgid: u32,
+    process_key: &str,
+    ticks_per_second: u64,
+    identity_of: &dyn Fn(u32) -> Option<String>,
+) -> ProcessDetails {
     let verified = start_ns_of(process_key).and_then(|start_ns| open_same_process(tgid, start_ns, ticks_per_second));
     let Some((process, stat)) = verified else {
-        return ProcessDetails { unavailable: PROC_FIELDS.iter().map(|field| field.to_string()).collect(), ..ProcessDetails::default() };
+        return ProcessDetails {
+            unavailable: PROC_FIELDS.iter().map(|field| field.to_string()).collect(),
+            ..ProcessDetails::default()
+        };
     };
     // Every read below goes through the /proc/<tgid> directory handle opened
     // for the start-time check: if the process exits meanwhile and its pid is
@@ -216,7 +230,8 @@ fn split_cmdline(raw: &[u8]) -> Option<Vec<String>> {
     if raw.is_empty() {
         return None;
     }
-    let mut argv: Vec<String> = raw.split(|&byte| byte == 0).map(|arg| String::from_utf8_lossy(arg).into_owned()).collect();
+    let mut argv: Vec<String> =
+        raw.split(|&byte| byte == 0).map(|arg| String::from_utf8_lossy(arg).into_owned()).collect();
     if cut {
         argv.push(CMDLINE_CUT.to_string());
     }
@@ -516,12 +531,16 @@ mod tests {
             (format!("/kubepods/pod{uid}/{id}"), Some(id), Some(uid)),
             (format!("/kubepods/besteffort/pod{uid}"), None, Some(uid)),
             (
-                format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice/cri-containerd-{id}.scope"),
+                format!(
+                    "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice/cri-containerd-{id}.scope"
+                ),
                 Some(id),
                 Some(uid),
             ),
             (
-                format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid_}.slice/crio-{id}.scope"),
+                format!(
+                    "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid_}.slice/crio-{id}.scope"
+                ),
                 Some(id),
                 Some(uid),
             ),
@@ -565,7 +584,9 @@ mod tests {
 
     #[test]
     fn passwd_names() {
-        let names = parse_passwd("# comment\nroot:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/sh\ntoor:x:0:0::/:/bin/sh\n+nis\nbroken\n");
+        let names = parse_passwd(
+            "# comment\nroot:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/sh\ntoor:x:0:0::/:/bin/sh\n+nis\nbroken\n",
+        );
         assert_eq!(names.get(&0).map(String::as_str), Some("root"));
         assert_eq!(names.get(&1000).map(String::as_str), Some("alice"));
         assert_eq!(names.len(), 2);

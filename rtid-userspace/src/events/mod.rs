@@ -4,8 +4,8 @@ pub mod enrich;
 pub mod ocsf;
 pub mod pipeline;
 pub mod record;
-pub mod throttle;
 pub mod sinks;
+pub mod throttle;
 
 use std::{
     os::fd::{AsFd, AsRawFd},
@@ -39,8 +39,15 @@ impl EventReader {
 
     /// Every event available now.
     pub fn drain(&mut self) -> Vec<Event> {
+        self.drain_up_to(usize::MAX)
+    }
+
+    /// Up to `limit` of the events available now.
+    pub fn drain_up_to(&mut self, limit: usize) -> Vec<Event> {
         let mut events = Vec::new();
-        while let Some(record) = self.ring.next() {
+        while events.len() < limit
+            && let Some(record) = self.ring.next()
+        {
             if let Some(event) = decode(&record) {
                 events.push(event);
             }
@@ -58,7 +65,11 @@ impl EventReader {
 
     /// Collects events until one satisfies `wanted` or `timeout` passes;
     /// returns everything collected and the index of the wanted one.
-    pub fn collect_until(&mut self, timeout: Duration, mut wanted: impl FnMut(&Event) -> bool) -> (Vec<Event>, Option<usize>) {
+    pub fn collect_until(
+        &mut self,
+        timeout: Duration,
+        mut wanted: impl FnMut(&Event) -> bool,
+    ) -> (Vec<Event>, Option<usize>) {
         let deadline = Instant::now() + timeout;
         let mut collected: Vec<Event> = Vec::new();
         loop {

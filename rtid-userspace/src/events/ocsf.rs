@@ -24,7 +24,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 
 use super::record::{EventRecord, ProcessDetails};
 
@@ -38,10 +38,14 @@ struct Class {
     category_name: &'static str,
 }
 
-const FILE_SYSTEM_ACTIVITY: Class = Class { uid: 1001, name: "File System Activity", category_uid: 1, category_name: "System Activity" };
-const PROCESS_ACTIVITY: Class = Class { uid: 1007, name: "Process Activity", category_uid: 1, category_name: "System Activity" };
-const NETWORK_ACTIVITY: Class = Class { uid: 4001, name: "Network Activity", category_uid: 4, category_name: "Network Activity" };
-const DETECTION_FINDING: Class = Class { uid: 2004, name: "Detection Finding", category_uid: 2, category_name: "Findings" };
+const FILE_SYSTEM_ACTIVITY: Class =
+    Class { uid: 1001, name: "File System Activity", category_uid: 1, category_name: "System Activity" };
+const PROCESS_ACTIVITY: Class =
+    Class { uid: 1007, name: "Process Activity", category_uid: 1, category_name: "System Activity" };
+const NETWORK_ACTIVITY: Class =
+    Class { uid: 4001, name: "Network Activity", category_uid: 4, category_name: "Network Activity" };
+const DETECTION_FINDING: Class =
+    Class { uid: 2004, name: "Detection Finding", category_uid: 2, category_name: "Findings" };
 
 /// An OCSF enum value and its caption (the `*_id` attribute and its sibling).
 type Enum = (u32, &'static str);
@@ -275,7 +279,11 @@ fn parent_process(record: &EventRecord) -> Option<Value> {
 
 /// OCSF's ancestry is nearest first, like rtid's.
 fn ancestry(details: &ProcessDetails) -> Value {
-    details.ancestry.iter().map(|ancestor| json!({ "pid": ancestor.pid, "name": ancestor.comm, "path": ancestor.exe })).collect()
+    details
+        .ancestry
+        .iter()
+        .map(|ancestor| json!({ "pid": ancestor.pid, "name": ancestor.comm, "path": ancestor.exe }))
+        .collect()
 }
 
 fn container(details: &ProcessDetails) -> Option<Value> {
@@ -463,7 +471,9 @@ fn finding_info(record: &EventRecord, when: &When) -> Value {
 fn evidence(record: &EventRecord, when: &When) -> Option<Value> {
     Some(match record.kind.as_str() {
         "file" => json!({ "file": file_object(record.path.as_deref(), FILE_UNKNOWN) }),
-        "connect" | "send" => json!({ "dst_endpoint": dst_endpoint(record), "connection_info": connection_info(record) }),
+        "connect" | "send" => {
+            json!({ "dst_endpoint": dst_endpoint(record), "connection_info": connection_info(record) })
+        }
         "exec" => json!({ "process": exec_image(record) }),
         "process_start" => json!({ "process": forked_child(record, when) }),
         _ => return None,
@@ -510,7 +520,14 @@ fn message(record: &EventRecord) -> String {
         return record.rule.clone().unwrap_or_else(|| "events suppressed".to_string());
     }
     let identity = record.identity.as_deref().map(|name| format!(" ({name})")).unwrap_or_default();
-    format!("{} {} by {}[{}]{identity}: {}", record.verdict, what(record), record.comm, record.tgid, outcome_detail(record))
+    format!(
+        "{} {} by {}[{}]{identity}: {}",
+        record.verdict,
+        what(record),
+        record.comm,
+        record.tgid,
+        outcome_detail(record)
+    )
 }
 
 /// The activity in words: "open of /etc/shadow (read)".
@@ -542,7 +559,9 @@ fn outcome_detail(record: &EventRecord) -> String {
         "blocked" => format!("blocked ({})", errno_name(record.errno)),
         "killed" => "killed (SIGKILL)".to_string(),
         "audit_only" => format!("allowed: audit mode ({} not enforced)", record.verdict),
-        "flagged_instead" => format!("allowed: the {} backend cannot refuse, flagged instead of {}", record.backend, record.verdict),
+        "flagged_instead" => {
+            format!("allowed: the {} backend cannot refuse, flagged instead of {}", record.backend, record.verdict)
+        }
         other => other.to_string(),
     }
 }
@@ -574,7 +593,8 @@ fn shell_join(argv: &[String]) -> String {
 }
 
 fn shell_quote(arg: &str) -> String {
-    let plain = !arg.is_empty() && arg.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"_@%+=:,./-".contains(&byte));
+    let plain =
+        !arg.is_empty() && arg.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"_@%+=:,./-".contains(&byte));
     if plain { arg.to_string() } else { format!("'{}'", arg.replace('\'', r"'\''")) }
 }
 
@@ -642,7 +662,12 @@ mod tests {
                 container_id: Some("ab".repeat(32)),
                 pod_uid: Some("1b2c3d4e-5f60-7182-93a4-b5c6d7e8f901".into()),
                 ancestry: vec![
-                    Ancestor { pid: 4000, exe: Some("/usr/bin/bash".into()), comm: Some("bash".into()), identity: Some("coder".into()) },
+                    Ancestor {
+                        pid: 4000,
+                        exe: Some("/usr/bin/bash".into()),
+                        comm: Some("bash".into()),
+                        identity: Some("coder".into()),
+                    },
                     Ancestor { pid: 1, exe: Some("/sbin/init".into()), comm: Some("systemd".into()), identity: None },
                 ],
                 unavailable: vec![],
@@ -688,15 +713,33 @@ mod tests {
     }
 
     fn process_start() -> EventRecord {
-        EventRecord { decision: "lifecycle".into(), rule_id: None, rule: None, backend: "none".into(), related_tgid: Some(4400), ..record("process_start") }
+        EventRecord {
+            decision: "lifecycle".into(),
+            rule_id: None,
+            rule: None,
+            backend: "none".into(),
+            related_tgid: Some(4400),
+            ..record("process_start")
+        }
     }
 
     fn exit() -> EventRecord {
-        EventRecord { decision: "lifecycle".into(), rule_id: None, rule: None, backend: "none".into(), ..record("exit") }
+        EventRecord {
+            decision: "lifecycle".into(),
+            rule_id: None,
+            rule: None,
+            backend: "none".into(),
+            ..record("exit")
+        }
     }
 
     fn flagged_file() -> EventRecord {
-        EventRecord { verdict: "flag".into(), access: vec!["write".into()], path: Some("/work/.env".into()), ..record("file") }
+        EventRecord {
+            verdict: "flag".into(),
+            access: vec!["write".into()],
+            path: Some("/work/.env".into()),
+            ..record("file")
+        }
     }
 
     fn quarantine_trip() -> EventRecord {
@@ -737,12 +780,22 @@ mod tests {
 
     fn every_kind() -> Vec<EventRecord> {
         let unavailable = EventRecord {
-            process: ProcessDetails { unavailable: vec!["exe".into(), "cmdline".into()], user: Some("alice".into()), ..Default::default() },
+            process: ProcessDetails {
+                unavailable: vec!["exe".into(), "cmdline".into()],
+                user: Some("alice".into()),
+                ..Default::default()
+            },
             ..connect_blocked()
         };
         let audit_mode = EventRecord { verdict: "deny".into(), outcome: "audit_only".into(), ..file_deny_killed() };
-        let flagged_instead = EventRecord { verdict: "deny".into(), outcome: "flagged_instead".into(), backend: "tracepoint".into(), ..exec_allowed() };
-        let step_up = EventRecord { verdict: "step_up".into(), outcome: "blocked".into(), errno: 13, ..file_deny_killed() };
+        let flagged_instead = EventRecord {
+            verdict: "deny".into(),
+            outcome: "flagged_instead".into(),
+            backend: "tracepoint".into(),
+            ..exec_allowed()
+        };
+        let step_up =
+            EventRecord { verdict: "step_up".into(), outcome: "blocked".into(), errno: 13, ..file_deny_killed() };
         let unix = EventRecord {
             verdict: "deny".into(),
             outcome: "blocked".into(),
@@ -751,7 +804,13 @@ mod tests {
             flags: vec!["unix_socket".into()],
             ..record("connect")
         };
-        let unenriched = EventRecord { time: String::new(), node: String::new(), seq: 0, process: ProcessDetails::default(), ..exec_allowed() };
+        let unenriched = EventRecord {
+            time: String::new(),
+            node: String::new(),
+            seq: 0,
+            process: ProcessDetails::default(),
+            ..exec_allowed()
+        };
         vec![
             file_deny_killed(),
             connect_blocked(),
@@ -795,14 +854,20 @@ mod tests {
         assert_eq!(process["user"], json!({ "uid": "1000", "name": "alice" }));
         // Started 30 s (boot clock) before the event.
         assert_eq!(process["created_time"], TIME_MS - 30_000);
-        assert_eq!(process["parent_process"], json!({ "pid": 4000, "name": "bash", "file": { "path": "/usr/bin/bash", "name": "bash", "type_id": 1 } }));
+        assert_eq!(
+            process["parent_process"],
+            json!({ "pid": 4000, "name": "bash", "file": { "path": "/usr/bin/bash", "name": "bash", "type_id": 1 } })
+        );
         assert_eq!(process["ancestry"][1], json!({ "pid": 1, "name": "systemd", "path": "/sbin/init" }));
         assert_eq!(process["container"]["uid"], "ab".repeat(32));
         assert_eq!(process["container"]["pod_uuid"], "1b2c3d4e-5f60-7182-93a4-b5c6d7e8f901");
         assert_eq!(event["actor"]["user"]["name"], "alice");
         assert_eq!(event["actor"]["app_name"], "coder");
         assert_eq!(event["actor"]["authorizations"][0]["decision"], "kill");
-        assert_eq!(event["policy"], json!({ "uid": "coder-files-1", "name": "coder-files-1", "desc": "deny read /etc/shadow", "version": "3", "is_applied": true }));
+        assert_eq!(
+            event["policy"],
+            json!({ "uid": "coder-files-1", "name": "coder-files-1", "desc": "deny read /etc/shadow", "version": "3", "is_applied": true })
+        );
         let unmapped = &event["unmapped"];
         for (key, value) in [
             ("identity", json!("coder")),
@@ -857,7 +922,10 @@ mod tests {
     #[test]
     fn send_is_traffic() {
         let event = to_ocsf(&send_allowed());
-        assert_eq!((event["class_uid"].clone(), event["activity_id"].clone(), event["type_uid"].clone()), (json!(4001), json!(6), json!(400106)));
+        assert_eq!(
+            (event["class_uid"].clone(), event["activity_id"].clone(), event["type_uid"].clone()),
+            (json!(4001), json!(6), json!(400106))
+        );
         assert_eq!(event["dst_endpoint"], json!({ "ip": "2001:db8::53", "port": 53 }));
         assert_eq!(event["connection_info"]["protocol_num"], 17);
         assert_eq!(event["connection_info"]["protocol_ver_id"], 6);
@@ -868,7 +936,10 @@ mod tests {
     #[test]
     fn exec_launches_the_binary() {
         let event = to_ocsf(&exec_allowed());
-        assert_eq!((event["class_uid"].clone(), event["activity_id"].clone(), event["type_uid"].clone()), (json!(1007), json!(1), json!(100701)));
+        assert_eq!(
+            (event["class_uid"].clone(), event["activity_id"].clone(), event["type_uid"].clone()),
+            (json!(1007), json!(1), json!(100701))
+        );
         assert_eq!(event["process"]["file"]["path"], "/usr/bin/git");
         assert_eq!(event["process"]["name"], "git");
         assert_eq!(event["actor"]["process"]["name"], "python3");
@@ -891,7 +962,10 @@ mod tests {
     #[test]
     fn exit_terminates() {
         let event = to_ocsf(&exit());
-        assert_eq!((event["class_uid"].clone(), event["activity_id"].clone(), event["type_uid"].clone()), (json!(1007), json!(2), json!(100702)));
+        assert_eq!(
+            (event["class_uid"].clone(), event["activity_id"].clone(), event["type_uid"].clone()),
+            (json!(1007), json!(2), json!(100702))
+        );
         assert_eq!(event["process"]["pid"], 4321);
         assert_eq!(event["process"]["terminated_time"], TIME_MS);
         assert_eq!(event["process"]["cmd_line"], "python3 agent.py --task 'fix it'");
@@ -950,7 +1024,10 @@ mod tests {
     fn outcomes_become_dispositions() {
         let cases = [
             (EventRecord { verdict: "deny".into(), outcome: "audit_only".into(), ..file_deny_killed() }, (3, 16, 1)),
-            (EventRecord { verdict: "step_up".into(), outcome: "blocked".into(), errno: 13, ..file_deny_killed() }, (2, 26, 2)),
+            (
+                EventRecord { verdict: "step_up".into(), outcome: "blocked".into(), errno: 13, ..file_deny_killed() },
+                (2, 26, 2),
+            ),
             (EventRecord { verdict: "deny".into(), outcome: "flagged_instead".into(), ..exec_allowed() }, (3, 19, 1)),
             (exec_allowed(), (1, 1, 1)),
         ];
@@ -962,9 +1039,15 @@ mod tests {
                 assert_eq!(event["status_id"], status_id, "{}", record.outcome);
             }
         }
-        let step_up = to_ocsf(&EventRecord { verdict: "step_up".into(), outcome: "blocked".into(), errno: 13, ..file_deny_killed() });
+        let step_up = to_ocsf(&EventRecord {
+            verdict: "step_up".into(),
+            outcome: "blocked".into(),
+            errno: 13,
+            ..file_deny_killed()
+        });
         assert_eq!(step_up["status_code"], "EACCES");
-        let audit_mode = to_ocsf(&EventRecord { verdict: "deny".into(), outcome: "audit_only".into(), ..file_deny_killed() });
+        let audit_mode =
+            to_ocsf(&EventRecord { verdict: "deny".into(), outcome: "audit_only".into(), ..file_deny_killed() });
         assert_eq!(audit_mode["policy"]["is_applied"], false);
     }
 
@@ -974,7 +1057,10 @@ mod tests {
         let event = to_ocsf(&unix);
         assert_eq!(event["dst_endpoint"], json!({ "name": "/run/docker.sock" }));
         assert_eq!(event["connection_info"]["protocol_name"], "unix");
-        let gone = EventRecord { process: ProcessDetails { unavailable: vec!["exe".into()], ..Default::default() }, ..connect_blocked() };
+        let gone = EventRecord {
+            process: ProcessDetails { unavailable: vec!["exe".into()], ..Default::default() },
+            ..connect_blocked()
+        };
         let event = to_ocsf(&gone);
         assert_eq!(event["unmapped"]["unavailable"], json!(["exe"]));
         assert!(event["actor"]["process"].get("file").is_none());
@@ -1009,7 +1095,11 @@ mod tests {
         let output = output.expect("running python3 (the OCSF validator needs it, and: pip install ocsf-emitter)");
         let stdout = String::from_utf8_lossy(&output.stdout);
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_ne!(output.status.code(), Some(3), "the OCSF validator needs ocsf-emitter: pip install ocsf-emitter\n{stderr}");
+        assert_ne!(
+            output.status.code(),
+            Some(3),
+            "the OCSF validator needs ocsf-emitter: pip install ocsf-emitter\n{stderr}"
+        );
         assert!(output.status.success(), "OCSF validation failed:\n{stdout}{stderr}");
         assert!(stdout.contains(&format!("{} valid", lines.len())), "{stdout}");
     }

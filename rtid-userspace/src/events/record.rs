@@ -3,9 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use rtid_common::{
-    event_flags, Backend, DecisionSource, Event, EventKind, Outcome, Verdict, AF_INET6, AF_UNIX,
-};
+use rtid_common::{AF_INET6, AF_UNIX, Backend, DecisionSource, Event, EventKind, Outcome, Verdict, event_flags};
 
 /// Version of the JSON event schema (README: Events).
 pub const EVENT_SCHEMA: &str = "rtid.event/v1";
@@ -103,6 +101,49 @@ pub trait Names {
 }
 
 impl EventRecord {
+    /// An event the daemon itself emits (a `suppressed` summary, ...): no
+    /// actor, nothing judged.
+    pub fn from_daemon(kind: &str) -> EventRecord {
+        EventRecord {
+            schema: EVENT_SCHEMA.into(),
+            kind: kind.into(),
+            time_boot_ns: 0,
+            pid: 0,
+            tgid: 0,
+            parent_tgid: 0,
+            uid: 0,
+            comm: String::new(),
+            process_key: String::new(),
+            identity_id: 0,
+            identity: None,
+            delegation_chain: None,
+            verdict: "allow".into(),
+            outcome: "allowed".into(),
+            errno: 0,
+            decision: "lifecycle".into(),
+            rule_id: None,
+            rule: None,
+            backend: "daemon".into(),
+            access: Vec::new(),
+            path: None,
+            address: None,
+            port: None,
+            protocol: None,
+            flags: Vec::new(),
+            generation: 0,
+            related_tgid: None,
+            seq: 0,
+            time: String::new(),
+            node: String::new(),
+            owner: None,
+            purpose: None,
+            grant_id: None,
+            approval_id: None,
+            process: Default::default(),
+            suppressed: None,
+        }
+    }
+
     pub fn from_event(event: &Event, names: &dyn Names) -> EventRecord {
         let kind = EventKind::from_u8(event.kind);
         let is_net = matches!(kind, Some(EventKind::Connect | EventKind::Send));
@@ -140,15 +181,7 @@ impl EventRecord {
             flags: flag_names(event.flags),
             generation: event.generation,
             related_tgid: (event.related_tgid != 0).then_some(event.related_tgid),
-            seq: 0,
-            time: String::new(),
-            node: String::new(),
-            owner: None,
-            purpose: None,
-            grant_id: None,
-            approval_id: None,
-            process: ProcessDetails::default(),
-            suppressed: None,
+            ..EventRecord::from_daemon("")
         }
     }
 }

@@ -10,9 +10,10 @@ pub fn cgroup2_root() -> io::Result<PathBuf> {
         // Fields: id parent major:minor root mount-point options ... - fstype source options
         let Some((before, after)) = line.split_once(" - ") else { continue };
         if after.split_whitespace().next() == Some("cgroup2")
-            && let Some(mount_point) = before.split_whitespace().nth(4) {
-                return Ok(PathBuf::from(mount_point));
-            }
+            && let Some(mount_point) = before.split_whitespace().nth(4)
+        {
+            return Ok(PathBuf::from(mount_point));
+        }
     }
     Err(io::Error::new(io::ErrorKind::NotFound, "no cgroup2 filesystem in /proc/self/mountinfo"))
 }

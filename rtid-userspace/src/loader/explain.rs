@@ -4,14 +4,11 @@
 
 use std::net::IpAddr;
 
-use rtid_common::{
-    access, decide_address, decide_path, protocol, RuleMatch, Verdict, PATH_KEY_BYTES,
-};
+use rtid_common::{PATH_KEY_BYTES, RuleMatch, Verdict, access, decide_address, decide_path, protocol};
 
 use super::{
-    boot_time_ns,
+    LoadError, RtidKernel, boot_time_ns,
     maps::{net_key, path_key},
-    LoadError, RtidKernel,
 };
 use crate::api::{ExplainAction, Explanation};
 
@@ -50,7 +47,10 @@ pub fn explain(kernel: &RtidKernel, identity: &str, action: &ExplainAction) -> R
             judge_path(kernel, policy.ruleset, path, access::EXEC, Verdict::from_u8(policy.default_exec), now)
         }
         ExplainAction::Connect { address, port, udp } => {
-            let addr: IpAddr = address.parse().map_err(|_| LoadError::Map { map: "NET_RULES", problem: format!("{address:?} is not an IP address") })?;
+            let addr: IpAddr = address.parse().map_err(|_| LoadError::Map {
+                map: "NET_RULES",
+                problem: format!("{address:?} is not an IP address"),
+            })?;
             let octets = match addr {
                 IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
                 IpAddr::V6(v6) => v6.octets(),
@@ -64,7 +64,14 @@ pub fn explain(kernel: &RtidKernel, identity: &str, action: &ExplainAction) -> R
     Ok(answer(verdict, if rule.is_some() { "rule" } else { "default" }, rule))
 }
 
-fn judge_path(kernel: &RtidKernel, ruleset: u32, path: &str, requested: u8, default: Verdict, now: u64) -> (Verdict, Option<RuleMatch>) {
+fn judge_path(
+    kernel: &RtidKernel,
+    ruleset: u32,
+    path: &str,
+    requested: u8,
+    default: Verdict,
+    now: u64,
+) -> (Verdict, Option<RuleMatch>) {
     let bytes = path.as_bytes();
     let mut forward = bytes[..bytes.len().min(PATH_KEY_BYTES)].to_vec();
     if bytes.len() < PATH_KEY_BYTES {

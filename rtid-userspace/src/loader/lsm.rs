@@ -2,7 +2,7 @@
 //! kernel was built with it, lists `bpf` among its active LSMs, and permits
 //! trampolines; each hook is tried on its own and falls back independently.
 
-use aya::{programs::Lsm, Btf, Ebpf};
+use aya::{Btf, Ebpf, programs::Lsm};
 use rtid_common::{Backend, BackendConfig};
 
 use super::BackendReport;

@@ -3,16 +3,16 @@
 use std::collections::BTreeMap;
 
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf},
     Ebpf, Pod,
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use rtid_common::{
-    counter, BackendConfig, IdentityId, QuarantineState, IdentityPolicy, IdentityPolicyKey, IdentityStatus, NetKey, NetRuleList, PathKey,
-    PathRuleList, ProcessIdentity, RuntimeState, PATH_KEY_BYTES, RULESET_PREFIX_BITS,
+    BackendConfig, IdentityId, IdentityPolicy, IdentityPolicyKey, IdentityStatus, NetKey, NetRuleList, PATH_KEY_BYTES,
+    PathKey, PathRuleList, ProcessIdentity, QuarantineState, RULESET_PREFIX_BITS, RuntimeState, counter,
 };
 
 use super::LoadError;
-use crate::policy::{compile::PathEntry, CompiledPolicy};
+use crate::policy::{CompiledPolicy, compile::PathEntry};
 
 /// Kernel counters summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -61,7 +61,8 @@ fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
 where
     T: TryFrom<aya::maps::Map, Error = MapError>,
 {
-    let map = ebpf.take_map(name).ok_or(LoadError::Map { map: name, problem: "missing from the eBPF object".into() })?;
+    let map =
+        ebpf.take_map(name).ok_or(LoadError::Map { map: name, problem: "missing from the eBPF object".into() })?;
     T::try_from(map).map_err(map_error(name))
 }
 
@@ -120,7 +121,10 @@ impl KernelMaps {
             let data = MapData::from_pin(dir.join(name)).map_err(map_error(name))?;
             aya::maps::Map::from_map_data(data).map_err(map_error(name))
         };
-        fn typed<T: TryFrom<aya::maps::Map, Error = MapError>>(name: &'static str, map: aya::maps::Map) -> Result<T, LoadError> {
+        fn typed<T: TryFrom<aya::maps::Map, Error = MapError>>(
+            name: &'static str,
+            map: aya::maps::Map,
+        ) -> Result<T, LoadError> {
             T::try_from(map).map_err(map_error(name))
         }
         Ok(KernelMaps {
@@ -248,7 +252,11 @@ impl KernelMaps {
     }
 
     /// Sets (or clears, with `None`) an identity's quarantine, resetting its count.
-    pub fn set_quarantine(&mut self, identity: IdentityId, quarantine: Option<QuarantineState>) -> Result<(), LoadError> {
+    pub fn set_quarantine(
+        &mut self,
+        identity: IdentityId,
+        quarantine: Option<QuarantineState>,
+    ) -> Result<(), LoadError> {
         match quarantine {
             Some(state) => self.quarantine.insert(&identity, &state, 0).map_err(map_error("QUARANTINE")),
             // Deleting a missing key fails with ENOENT, reported differently by kernel version.
@@ -319,15 +327,30 @@ impl KernelMaps {
         for (index, identity) in policy.identities.iter().enumerate() {
             // Rulesets are unique per slot, so both policies coexist during the swap.
             let ruleset = (slot << 16) | (index as u32 + 1);
-            write_paths(&mut self.path_prefix, ruleset, &identity.prefix_entries, &mut written.prefix, "PATH_PREFIX_RULES")?;
-            write_paths(&mut self.path_suffix, ruleset, &identity.suffix_entries, &mut written.suffix, "PATH_SUFFIX_RULES")?;
+            write_paths(
+                &mut self.path_prefix,
+                ruleset,
+                &identity.prefix_entries,
+                &mut written.prefix,
+                "PATH_PREFIX_RULES",
+            )?;
+            write_paths(
+                &mut self.path_suffix,
+                ruleset,
+                &identity.suffix_entries,
+                &mut written.suffix,
+                "PATH_SUFFIX_RULES",
+            )?;
             write_paths(&mut self.unix_rules, ruleset, &identity.unix_entries, &mut written.unix, "UNIX_RULES")?;
             for entry in &identity.net_entries {
                 let key = net_key(ruleset, entry.addr, entry.prefix_len);
                 self.net_rules.insert(&key, &entry.rules, 0).map_err(map_error("NET_RULES"))?;
                 written.net.push(key);
             }
-            let id = ids.get(&identity.spec.name).copied().ok_or_else(|| LoadError::UnknownIdentity(identity.spec.name.clone()))?;
+            let id = ids
+                .get(&identity.spec.name)
+                .copied()
+                .ok_or_else(|| LoadError::UnknownIdentity(identity.spec.name.clone()))?;
             let key = IdentityPolicyKey { slot, identity: id };
             self.identity_policy
                 .insert(&key, &IdentityPolicy { ruleset, ..identity.policy }, 0)

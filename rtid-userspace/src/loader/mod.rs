@@ -6,8 +6,8 @@ pub mod cgroup;
 mod clock;
 mod explain;
 mod lsm;
-mod pins;
 mod maps;
+mod pins;
 mod procfs_stat;
 
 use std::{
@@ -17,10 +17,10 @@ use std::{
 };
 
 use aya::{
-    programs::{BtfTracePoint, CgroupAttachMode, CgroupSockAddr, TracePoint},
     Btf, Ebpf, EbpfLoader,
+    programs::{BtfTracePoint, CgroupAttachMode, CgroupSockAddr, TracePoint},
 };
-use rtid_common::{label_source, IdentityId, IdentityStatus, KernelOffsets, ProcessIdentity};
+use rtid_common::{IdentityId, IdentityStatus, KernelOffsets, ProcessIdentity, label_source};
 
 pub use clock::boot_time_ns;
 pub use maps::{Counters, KernelMaps};
@@ -112,6 +112,9 @@ pub struct RtidKernel {
     /// while loaded, so a reload keeps every labeled process's identity.
     identity_ids: BTreeMap<String, IdentityId>,
     policy: CompiledPolicy,
+    /// Policies installed so far: what userspace derives from the policy
+    /// in force is valid while this stays the same.
+    installs: u64,
 }
 
 /// Syscall-exit tracepoints judging opens where LSM `file_open` is unavailable:
@@ -127,9 +130,10 @@ impl RtidKernel {
     /// Loads and attaches every program, with kernel offsets from the running kernel's BTF.
     pub fn load(options: &LoadOptions) -> Result<RtidKernel, LoadError> {
         if let Some(dir) = &options.pin_dir
-            && pins::present(dir) {
-                return RtidKernel::adopt(dir);
-            }
+            && pins::present(dir)
+        {
+            return RtidKernel::adopt(dir);
+        }
         let pins = pins::Pinner::new(options.pin_dir.as_deref())?;
         let offsets: KernelOffsets = btf_offsets::running_kernel_offsets()?;
         let mut ebpf = EbpfLoader::new()
@@ -171,6 +175,7 @@ impl RtidKernel {
             lsm_note: lsm.reason,
             identity_ids: BTreeMap::new(),
             policy: CompiledPolicy::default(),
+            installs: 0,
         })
     }
 
@@ -196,6 +201,7 @@ impl RtidKernel {
             lsm_note: Some("adopted from pins".into()),
             identity_ids: BTreeMap::new(),
             policy: CompiledPolicy::default(),
+            installs: 0,
         })
     }
 
@@ -284,6 +290,7 @@ impl RtidKernel {
             self.maps.set_quarantine(id, state)?;
         }
         self.policy = policy;
+        self.installs += 1;
         Ok(())
     }
 
@@ -318,7 +325,13 @@ impl RtidKernel {
     /// Processes that carry `identity` in the kernel.
     pub fn processes_of(&self, identity: &str) -> Vec<u32> {
         match self.identity_id(identity) {
-            Some(id) => self.maps.processes().into_iter().filter(|(_, entry)| entry.identity == id).map(|(pid, _)| pid).collect(),
+            Some(id) => self
+                .maps
+                .processes()
+                .into_iter()
+                .filter(|(_, entry)| entry.identity == id)
+                .map(|(pid, _)| pid)
+                .collect(),
             None => Vec::new(),
         }
     }
@@ -332,7 +345,8 @@ impl RtidKernel {
 
     /// Single-use rules, named by their policy ids (grants approved `--once`).
     pub fn set_once_rules(&mut self, names: &[String]) -> Result<(), LoadError> {
-        let ids: Vec<u32> = self.policy.rules.iter().filter(|(_, info)| names.contains(&info.id)).map(|(id, _)| *id).collect();
+        let ids: Vec<u32> =
+            self.policy.rules.iter().filter(|(_, info)| names.contains(&info.id)).map(|(id, _)| *id).collect();
         self.maps.set_once_rules(&ids)
     }
 
@@ -375,6 +389,11 @@ impl RtidKernel {
     }
 
     /// The policy generation in force.
+    /// How many policies this instance installed (changes with every install).
+    pub fn installs(&self) -> u64 {
+        self.installs
+    }
+
     pub fn generation(&self) -> Result<u32, LoadError> {
         Ok(self.maps.runtime_state()?.generation)
     }
@@ -385,7 +404,11 @@ impl RtidKernel {
 
     /// What the kernel would decide for `identity` doing `action` now: the
     /// same live maps and the same decision functions the programs use.
-    pub fn explain(&self, identity: &str, action: &crate::api::ExplainAction) -> Result<crate::api::Explanation, LoadError> {
+    pub fn explain(
+        &self,
+        identity: &str,
+        action: &crate::api::ExplainAction,
+    ) -> Result<crate::api::Explanation, LoadError> {
         explain::explain(self, identity, action)
     }
 
@@ -428,10 +451,13 @@ fn attach_tracepoint(
     let loaded: &mut TracePoint = program_mut(ebpf, program)?;
     loaded.load().map_err(|source| LoadError::Program { program, source })?;
     for &tracepoint in tracepoints {
-        let link = loaded.attach("syscalls", tracepoint).map_err(|source| LoadError::Program { program: tracepoint, source })?;
+        let link = loaded
+            .attach("syscalls", tracepoint)
+            .map_err(|source| LoadError::Program { program: tracepoint, source })?;
         if pins.enabled() {
             let link = loaded.take_link(link).map_err(|source| LoadError::Program { program: tracepoint, source })?;
-            let link = aya::programs::links::FdLink::try_from(link).map_err(|error| pins::link_error(tracepoint, error))?;
+            let link =
+                aya::programs::links::FdLink::try_from(link).map_err(|error| pins::link_error(tracepoint, error))?;
             pins.pin_link(tracepoint, link)?;
         }
     }

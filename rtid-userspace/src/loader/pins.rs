@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use aya::{programs::links::FdLink, Ebpf};
+use aya::{Ebpf, programs::links::FdLink};
 
 use super::LoadError;
 
@@ -80,7 +80,8 @@ impl Pinner {
             let map = ebpf
                 .map(name)
                 .ok_or_else(|| LoadError::Pin { path: path.display().to_string(), problem: "map missing".into() })?;
-            map.pin(&path).map_err(|error| LoadError::Pin { path: path.display().to_string(), problem: error.to_string() })?;
+            map.pin(&path)
+                .map_err(|error| LoadError::Pin { path: path.display().to_string(), problem: error.to_string() })?;
         }
         Ok(())
     }

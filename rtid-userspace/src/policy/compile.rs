@@ -7,8 +7,8 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use rtid_common::{
-    audit_level, limits, mode, IdentityPolicy, NetRule, NetRuleList, PathRule, PathRuleList, Verdict,
-    PATH_KEY_BYTES, RULES_PER_ENTRY,
+    IdentityPolicy, NetRule, NetRuleList, PATH_KEY_BYTES, PathRule, PathRuleList, RULES_PER_ENTRY, Verdict,
+    audit_level, limits, mode,
 };
 
 use super::model::{AuditLevel, IdentitySpec, Mode, NetTarget, PathPattern, PathRuleSpec};
@@ -178,7 +178,13 @@ fn compile_identity(
                                 port_high: high,
                                 // Ranking only (the trie matched the address already):
                                 // a grant outranks any CIDR length.
-                                prefix_len: if rule.from_delegator { DELEGATOR_NET_RANK } else if rule.grant { GRANT_NET_RANK } else { bits },
+                                prefix_len: if rule.from_delegator {
+                                    DELEGATOR_NET_RANK
+                                } else if rule.grant {
+                                    GRANT_NET_RANK
+                                } else {
+                                    bits
+                                },
                                 protocols: rule.protocols,
                                 verdict: rule.action as u8,
                                 expires_at_ns: rule.expires_at_boot_ns.unwrap_or(0),
@@ -260,10 +266,8 @@ pub fn describe_ports(ports: &[(u16, u16)]) -> String {
     if ports.is_empty() {
         return "any".into();
     }
-    let parts: Vec<String> = ports
-        .iter()
-        .map(|(low, high)| if low == high { low.to_string() } else { format!("{low}-{high}") })
-        .collect();
+    let parts: Vec<String> =
+        ports.iter().map(|(low, high)| if low == high { low.to_string() } else { format!("{low}-{high}") }).collect();
     parts.join(",")
 }
 
@@ -274,7 +278,13 @@ fn add_path_rule(
     prefix: &mut EntryBuilder,
     suffix: &mut EntryBuilder,
 ) -> Result<(), String> {
-    let rank = if rule.from_delegator { DELEGATOR_PATH_RANK } else if rule.grant { GRANT_PATH_RANK } else { 0 };
+    let rank = if rule.from_delegator {
+        DELEGATOR_PATH_RANK
+    } else if rule.grant {
+        GRANT_PATH_RANK
+    } else {
+        0
+    };
     let candidate = |match_len: usize| PathRule {
         rule_id,
         match_len: match_len as u16 + rank,
@@ -334,7 +344,9 @@ fn check_absolute(path: &str) -> Result<(), String> {
         return Err(format!("path {path:?} must be absolute"));
     }
     if path.split('/').any(|part| part == ".." || part == ".") {
-        return Err(format!("path {path:?} must not contain '.' or '..' components (the kernel matches resolved paths)"));
+        return Err(format!(
+            "path {path:?} must not contain '.' or '..' components (the kernel matches resolved paths)"
+        ));
     }
     if path.as_bytes().contains(&0) {
         return Err(format!("path {path:?} contains a NUL byte"));
@@ -470,7 +482,7 @@ pub fn valid_fallback(verdict: Verdict) -> bool {
 mod tests {
     use super::*;
     use crate::policy::model::{NetRuleSpec, PathRuleSpec};
-    use rtid_common::{select_path_rule, access};
+    use rtid_common::{access, select_path_rule};
 
     fn entry<'a>(entries: &'a [PathEntry], bytes: &[u8]) -> &'a PathEntry {
         entries.iter().find(|entry| entry.bytes == bytes).expect("entry present")

@@ -12,7 +12,8 @@ use super::model::IdentitySpec;
 
 /// The chain from the root delegator down to `name` (names), or an error on a cycle or unknown name.
 pub fn chain<'a>(identities: &'a [IdentitySpec], name: &str) -> Result<Vec<&'a IdentitySpec>, String> {
-    let by_name: BTreeMap<&str, &IdentitySpec> = identities.iter().map(|identity| (identity.name.as_str(), identity)).collect();
+    let by_name: BTreeMap<&str, &IdentitySpec> =
+        identities.iter().map(|identity| (identity.name.as_str(), identity)).collect();
     let mut chain = Vec::new();
     let mut current = by_name.get(name).copied().ok_or_else(|| format!("unknown identity {name:?}"))?;
     loop {
@@ -22,7 +23,10 @@ pub fn chain<'a>(identities: &'a [IdentitySpec], name: &str) -> Result<Vec<&'a I
         chain.push(current);
         match &current.delegated_by {
             Some(parent) => {
-                current = by_name.get(parent.as_str()).copied().ok_or_else(|| format!("{:?} is delegated by unknown identity {parent:?}", current.name))?;
+                current = by_name
+                    .get(parent.as_str())
+                    .copied()
+                    .ok_or_else(|| format!("{:?} is delegated by unknown identity {parent:?}", current.name))?;
             }
             None => break,
         }
@@ -87,7 +91,9 @@ pub fn delegated_from(identities: &[IdentitySpec], name: &str) -> Vec<String> {
     identities
         .iter()
         .filter(|identity| identity.name != name)
-        .filter(|identity| chain(identities, &identity.name).is_ok_and(|chain| chain.iter().any(|link| link.name == name)))
+        .filter(|identity| {
+            chain(identities, &identity.name).is_ok_and(|chain| chain.iter().any(|link| link.name == name))
+        })
         .map(|identity| identity.name.clone())
         .collect()
 }

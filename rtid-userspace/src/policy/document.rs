@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use rtid_common::{access, protocol, Verdict, PATH_KEY_BYTES};
+use rtid_common::{PATH_KEY_BYTES, Verdict, access, protocol};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
@@ -176,13 +176,21 @@ impl Checker<'_> {
             "deny" => Verdict::Deny,
             "kill" => Verdict::Kill,
             other => {
-                self.error(line_of(value), field, format!("{other:?} is not an action (allow, audit, flag, step_up, deny, kill)"));
+                self.error(
+                    line_of(value),
+                    field,
+                    format!("{other:?} is not an action (allow, audit, flag, step_up, deny, kill)"),
+                );
                 return None;
             }
         };
         if !allowed.is_empty() && !allowed.contains(&verdict) {
             let names: Vec<&str> = allowed.iter().map(|v| v.name()).collect();
-            self.error(line_of(value), field, format!("{:?} is not allowed here (expected {})", value.value, names.join(" or ")));
+            self.error(
+                line_of(value),
+                field,
+                format!("{:?} is not allowed here (expected {})", value.value, names.join(" or ")),
+            );
             return None;
         }
         Some(verdict)
@@ -195,11 +203,23 @@ impl Checker<'_> {
             return None;
         }
         if path.split('/').any(|part| part == "." || part == "..") {
-            self.error(line_of(value), field, format!("{path:?} must not contain '.' or '..' (rules match resolved paths)"));
+            self.error(
+                line_of(value),
+                field,
+                format!("{path:?} must not contain '.' or '..' (rules match resolved paths)"),
+            );
             return None;
         }
         if path.len() + limit_extra > PATH_KEY_BYTES {
-            self.error(line_of(value), field, format!("{path:?} is {} bytes; the kernel matches at most {} bytes of a rule path", path.len(), PATH_KEY_BYTES - limit_extra));
+            self.error(
+                line_of(value),
+                field,
+                format!(
+                    "{path:?} is {} bytes; the kernel matches at most {} bytes of a rule path",
+                    path.len(),
+                    PATH_KEY_BYTES - limit_extra
+                ),
+            );
             return None;
         }
         Some(path)
@@ -229,7 +249,11 @@ pub fn parse_str(file: &str, text: &str) -> Result<PolicySet, Vec<PolicyError>> 
 
 fn check_document(checker: &mut Checker, document: &RawDocument, set: &mut PolicySet) {
     if document.api_version.value != API_VERSION {
-        checker.error(line_of(&document.api_version), "apiVersion", format!("{:?}: expected {API_VERSION}", document.api_version.value));
+        checker.error(
+            line_of(&document.api_version),
+            "apiVersion",
+            format!("{:?}: expected {API_VERSION}", document.api_version.value),
+        );
     }
     if document.kind.value != KIND {
         checker.error(line_of(&document.kind), "kind", format!("{:?}: expected {KIND}", document.kind.value));
@@ -273,30 +297,41 @@ fn check_identity(checker: &mut Checker, raw: &RawIdentity, field: &str) -> Opti
         match mode.value.as_str() {
             "enforce" => spec.mode = Mode::Enforce,
             "audit" => spec.mode = Mode::Audit,
-            other => checker.error(line_of(mode), format!("{field}.mode"), format!("{other:?}: expected enforce or audit")),
+            other => {
+                checker.error(line_of(mode), format!("{field}.mode"), format!("{other:?}: expected enforce or audit"))
+            }
         }
     }
     if let Some(audit) = &raw.audit {
         match audit.value.as_str() {
             "decisions" => spec.audit = AuditLevel::Decisions,
             "all" => spec.audit = AuditLevel::All,
-            other => checker.error(line_of(audit), format!("{field}.audit"), format!("{other:?}: expected decisions or all")),
+            other => {
+                checker.error(line_of(audit), format!("{field}.audit"), format!("{other:?}: expected decisions or all"))
+            }
         }
     }
     if let Some(ttl) = &raw.ttl {
         match humantime::parse_duration(&ttl.value) {
             Ok(duration) if duration > Duration::ZERO => spec.ttl = Some(duration),
-            _ => checker.error(line_of(ttl), format!("{field}.ttl"), format!("{:?} is not a duration (e.g. 30m, 8h)", ttl.value)),
+            _ => checker.error(
+                line_of(ttl),
+                format!("{field}.ttl"),
+                format!("{:?} is not a duration (e.g. 30m, 8h)", ttl.value),
+            ),
         }
     }
     if let Some(value) = &raw.on_expiry
-        && let Some(verdict) = checker.verdict(value, &format!("{field}.onExpiry"), &[Verdict::Deny, Verdict::Kill]) {
-            spec.on_expiry = verdict;
-        }
+        && let Some(verdict) = checker.verdict(value, &format!("{field}.onExpiry"), &[Verdict::Deny, Verdict::Kill])
+    {
+        spec.on_expiry = verdict;
+    }
     if let Some(value) = &raw.file_deny_fallback
-        && let Some(verdict) = checker.verdict(value, &format!("{field}.fileDenyFallback"), &[Verdict::Kill, Verdict::Flag]) {
-            spec.file_deny_fallback = verdict;
-        }
+        && let Some(verdict) =
+            checker.verdict(value, &format!("{field}.fileDenyFallback"), &[Verdict::Kill, Verdict::Flag])
+    {
+        spec.file_deny_fallback = verdict;
+    }
     if let Some(defaults) = &raw.defaults {
         let mut resolved = Defaults::default();
         for (value, slot, name) in [
@@ -305,9 +340,10 @@ fn check_identity(checker: &mut Checker, raw: &RawIdentity, field: &str) -> Opti
             (&defaults.exec, &mut resolved.exec, "exec"),
         ] {
             if let Some(value) = value
-                && let Some(verdict) = checker.verdict(value, &format!("{field}.defaults.{name}"), ACTIONS) {
-                    *slot = verdict;
-                }
+                && let Some(verdict) = checker.verdict(value, &format!("{field}.defaults.{name}"), ACTIONS)
+            {
+                *slot = verdict;
+            }
         }
         spec.defaults = resolved;
     }
@@ -323,7 +359,11 @@ fn check_identity(checker: &mut Checker, raw: &RawIdentity, field: &str) -> Opti
             }
         };
         if within.is_none() {
-            checker.error(line, format!("{field}.quarantine.within"), format!("{:?} is not a duration (e.g. 60s)", quarantine.value.within));
+            checker.error(
+                line,
+                format!("{field}.quarantine.within"),
+                format!("{:?} is not a duration (e.g. 60s)", quarantine.value.within),
+            );
         }
         if quarantine.value.after == 0 {
             checker.error(line, format!("{field}.quarantine.after"), "must be at least 1");
@@ -354,7 +394,13 @@ fn check_identity(checker: &mut Checker, raw: &RawIdentity, field: &str) -> Opti
     (checker.errors.len() == errors_before).then_some(spec)
 }
 
-fn rule_id(checker: &mut Checker, id: &Option<Spanned<String>>, line: usize, field: &str, ids: &mut BTreeSet<String>) -> Option<String> {
+fn rule_id(
+    checker: &mut Checker,
+    id: &Option<Spanned<String>>,
+    line: usize,
+    field: &str,
+    ids: &mut BTreeSet<String>,
+) -> Option<String> {
     let Some(id) = id else {
         checker.error(line, format!("{field}.id"), "every rule needs an id (events report it)");
         return None;
@@ -366,7 +412,13 @@ fn rule_id(checker: &mut Checker, id: &Option<Spanned<String>>, line: usize, fie
     Some(id.value.clone())
 }
 
-fn check_path_rule(checker: &mut Checker, raw: &Spanned<RawPathRule>, field: &str, exec: bool, ids: &mut BTreeSet<String>) -> Option<PathRuleSpec> {
+fn check_path_rule(
+    checker: &mut Checker,
+    raw: &Spanned<RawPathRule>,
+    field: &str,
+    exec: bool,
+    ids: &mut BTreeSet<String>,
+) -> Option<PathRuleSpec> {
     let rule = &raw.value;
     let id = rule_id(checker, &rule.id, line_of(raw), field, ids);
     let action = checker.verdict(&rule.action, &format!("{field}.action"), ACTIONS);
@@ -379,7 +431,11 @@ fn check_path_rule(checker: &mut Checker, raw: &Spanned<RawPathRule>, field: &st
         }
         (None, Some(name), None) => {
             if name.value.is_empty() || name.value.contains('/') {
-                checker.error(line_of(name), format!("{field}.name"), format!("{:?} must be a file name without '/'", name.value));
+                checker.error(
+                    line_of(name),
+                    format!("{field}.name"),
+                    format!("{:?} must be a file name without '/'", name.value),
+                );
                 None
             } else {
                 Some(PathPattern::Name(name.value.clone()))
@@ -403,14 +459,31 @@ fn check_path_rule(checker: &mut Checker, raw: &Spanned<RawPathRule>, field: &st
                 ("read", false) => bits |= access::READ,
                 ("write", false) => bits |= access::WRITE,
                 ("exec", _) => bits |= access::EXEC,
-                (other, _) => checker.error(line_of(list), format!("{field}.access"), format!("{other:?}: expected read or write")),
+                (other, _) => checker.error(
+                    line_of(list),
+                    format!("{field}.access"),
+                    format!("{other:?}: expected read or write"),
+                ),
             }
         }
     }
-    Some(PathRuleSpec { id: id?, pattern: pattern?, access: bits, action: action?, expires_at_boot_ns: None, grant: false, from_delegator: false })
+    Some(PathRuleSpec {
+        id: id?,
+        pattern: pattern?,
+        access: bits,
+        action: action?,
+        expires_at_boot_ns: None,
+        grant: false,
+        from_delegator: false,
+    })
 }
 
-fn check_net_rule(checker: &mut Checker, raw: &Spanned<RawNetRule>, field: &str, ids: &mut BTreeSet<String>) -> Option<NetRuleSpec> {
+fn check_net_rule(
+    checker: &mut Checker,
+    raw: &Spanned<RawNetRule>,
+    field: &str,
+    ids: &mut BTreeSet<String>,
+) -> Option<NetRuleSpec> {
     let rule = &raw.value;
     let id = rule_id(checker, &rule.id, line_of(raw), field, ids);
     let action = checker.verdict(&rule.action, &format!("{field}.action"), ACTIONS);
@@ -434,7 +507,11 @@ fn check_net_rule(checker: &mut Checker, raw: &Spanned<RawNetRule>, field: &str,
         for value in &list.value {
             match parse_port_range(value) {
                 Some(range) => ports.push(range),
-                None => checker.error(line_of(list), format!("{field}.ports"), format!("{value:?} is not a port or a range low-high within 0-65535")),
+                None => checker.error(
+                    line_of(list),
+                    format!("{field}.ports"),
+                    format!("{value:?} is not a port or a range low-high within 0-65535"),
+                ),
             }
         }
     }
@@ -444,10 +521,23 @@ fn check_net_rule(checker: &mut Checker, raw: &Spanned<RawNetRule>, field: &str,
             "tcp" => protocols = protocol::TCP,
             "udp" => protocols = protocol::UDP,
             "any" => protocols = protocol::ANY,
-            other => checker.error(line_of(value), format!("{field}.protocol"), format!("{other:?}: expected tcp, udp or any")),
+            other => checker.error(
+                line_of(value),
+                format!("{field}.protocol"),
+                format!("{other:?}: expected tcp, udp or any"),
+            ),
         }
     }
-    Some(NetRuleSpec { id: id?, target: target?, ports, protocols, action: action?, expires_at_boot_ns: None, grant: false, from_delegator: false })
+    Some(NetRuleSpec {
+        id: id?,
+        target: target?,
+        ports,
+        protocols,
+        action: action?,
+        expires_at_boot_ns: None,
+        grant: false,
+        from_delegator: false,
+    })
 }
 
 fn parse_cidr(text: &str) -> Option<(IpAddr, u8)> {
@@ -492,13 +582,19 @@ pub fn expand_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
 
 /// Reads, parses and validates files and directories as one policy.
 pub fn load_paths(paths: &[PathBuf]) -> Result<PolicySet, Vec<PolicyError>> {
-    let files = expand_paths(paths).map_err(|problem| vec![PolicyError { file: String::new(), line: 0, field: String::new(), problem }])?;
+    let files = expand_paths(paths)
+        .map_err(|problem| vec![PolicyError { file: String::new(), line: 0, field: String::new(), problem }])?;
     let mut documents = Vec::new();
     for file in &files {
         match std::fs::read_to_string(file) {
             Ok(text) => documents.push((file.display().to_string(), text)),
             Err(error) => {
-                return Err(vec![PolicyError { file: file.display().to_string(), line: 0, field: String::new(), problem: error.to_string() }]);
+                return Err(vec![PolicyError {
+                    file: file.display().to_string(),
+                    line: 0,
+                    field: String::new(),
+                    problem: error.to_string(),
+                }]);
             }
         }
     }
@@ -522,22 +618,43 @@ pub fn parse_documents(documents: &[(String, String)]) -> Result<PolicySet, Vec<
     let mut names = BTreeSet::new();
     for identity in &merged.identities {
         if !names.insert(identity.name.clone()) {
-            errors.push(PolicyError { file: String::new(), line: 0, field: "spec.identities".into(), problem: format!("identity {:?} is defined twice", identity.name) });
+            errors.push(PolicyError {
+                file: String::new(),
+                line: 0,
+                field: "spec.identities".into(),
+                problem: format!("identity {:?} is defined twice", identity.name),
+            });
         }
     }
     for identity in &merged.identities {
         if let Some(delegator) = &identity.delegated_by
-            && !names.contains(delegator) {
-                errors.push(PolicyError { file: String::new(), line: 0, field: format!("identity {}.delegatedBy", identity.name), problem: format!("unknown identity {delegator:?}") });
-            }
+            && !names.contains(delegator)
+        {
+            errors.push(PolicyError {
+                file: String::new(),
+                line: 0,
+                field: format!("identity {}.delegatedBy", identity.name),
+                problem: format!("unknown identity {delegator:?}"),
+            });
+        }
     }
     for selector in &merged.selectors {
         if !names.contains(&selector.identity) {
-            errors.push(PolicyError { file: String::new(), line: 0, field: "spec.selectors".into(), problem: format!("unknown identity {:?}", selector.identity) });
+            errors.push(PolicyError {
+                file: String::new(),
+                line: 0,
+                field: "spec.selectors".into(),
+                problem: format!("unknown identity {:?}", selector.identity),
+            });
         }
     }
     if let Err(compile_errors) = super::compile(&merged.identities) {
-        errors.extend(compile_errors.into_iter().map(|error| PolicyError { file: String::new(), line: 0, field: String::new(), problem: error.to_string() }));
+        errors.extend(compile_errors.into_iter().map(|error| PolicyError {
+            file: String::new(),
+            line: 0,
+            field: String::new(),
+            problem: error.to_string(),
+        }));
     }
     if errors.is_empty() { Ok(merged) } else { Err(errors) }
 }
@@ -560,9 +677,12 @@ pub fn home_directories(passwd: &Path, home_root: &Path) -> Vec<String> {
     if let Ok(text) = std::fs::read_to_string(passwd) {
         for line in text.lines() {
             if let Some(home) = line.split(':').nth(5)
-                && home.starts_with('/') && home != "/" && Path::new(home).is_dir() {
-                    homes.insert(home.trim_end_matches('/').to_string());
-                }
+                && home.starts_with('/')
+                && home != "/"
+                && Path::new(home).is_dir()
+            {
+                homes.insert(home.trim_end_matches('/').to_string());
+            }
         }
     }
     if let Ok(entries) = std::fs::read_dir(home_root) {
@@ -683,7 +803,10 @@ spec:
         let set = parse_str("default", &text).expect("default policy is valid");
         let coder = &set.identities[0];
         assert_eq!(coder.name, "coder");
-        assert!(coder.files.iter().any(|rule| rule.id == "ssh-keys@alice" && rule.pattern == PathPattern::Directory("/home/alice/.ssh/".into())));
+        assert!(
+            coder.files.iter().any(|rule| rule.id == "ssh-keys@alice"
+                && rule.pattern == PathPattern::Directory("/home/alice/.ssh/".into()))
+        );
         assert!(super::super::compile(&set.identities).is_ok());
     }
 }

@@ -4,5 +4,5 @@ pub mod delegation;
 pub mod document;
 pub mod model;
 
-pub use compile::{compile, CompileError, CompiledIdentity, CompiledPolicy, RuleInfo};
+pub use compile::{CompileError, CompiledIdentity, CompiledPolicy, RuleInfo, compile};
 pub use model::*;

@@ -3,7 +3,7 @@
 
 use std::{net::IpAddr, time::Duration};
 
-use rtid_common::{access, protocol, Verdict};
+use rtid_common::{Verdict, access, protocol};
 
 /// Enforce verdicts, or only report what would have happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -133,11 +133,27 @@ pub struct PathRuleSpec {
 
 impl PathRuleSpec {
     pub fn file(id: &str, pattern: PathPattern, action: Verdict) -> PathRuleSpec {
-        PathRuleSpec { id: id.into(), pattern, access: access::READ | access::WRITE, action, expires_at_boot_ns: None, grant: false, from_delegator: false }
+        PathRuleSpec {
+            id: id.into(),
+            pattern,
+            access: access::READ | access::WRITE,
+            action,
+            expires_at_boot_ns: None,
+            grant: false,
+            from_delegator: false,
+        }
     }
 
     pub fn exec(id: &str, pattern: PathPattern, action: Verdict) -> PathRuleSpec {
-        PathRuleSpec { id: id.into(), pattern, access: access::EXEC, action, expires_at_boot_ns: None, grant: false, from_delegator: false }
+        PathRuleSpec {
+            id: id.into(),
+            pattern,
+            access: access::EXEC,
+            action,
+            expires_at_boot_ns: None,
+            grant: false,
+            from_delegator: false,
+        }
     }
 }
 

@@ -69,20 +69,22 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: rtid-bench [--iterations N] [--label TEXT]\n\
+const USAGE: &str = "usage: rtid-bench [--iterations N] [--label TEXT] [--pipeline-only]\n\
     Measures ns per open+close (N per run), TCP connect (N/10) and fork+exec (N/100, at least 20)\n\
     without rtid, with rtid loaded, and tagged (allowed, denied or killed). Run as root.";
 
 struct Options {
     iterations: u64,
     label: String,
+    /// Only the event pipeline figure (`--pipeline-only`).
+    pipeline_only: bool,
 }
 
 impl Options {
     fn parse(args: &[String]) -> anyhow::Result<Options> {
         // Inside the VM harness the default label says so: emulated timings.
         let default_label = if std::env::var_os("RTID_IN_VM").is_some() { VM_LABEL } else { DEFAULT_LABEL };
-        let mut options = Options { iterations: 100_000, label: default_label.into() };
+        let mut options = Options { iterations: 100_000, label: default_label.into(), pipeline_only: false };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             match arg.as_str() {
@@ -93,6 +95,7 @@ impl Options {
                     ensure!(options.iterations > 0, "--iterations must be at least 1");
                 }
                 "--label" => options.label = args.next().context("--label needs a value")?.clone(),
+                "--pipeline-only" => options.pipeline_only = true,
                 "-h" | "--help" => {
                     println!("{USAGE}");
                     std::process::exit(0);
@@ -219,7 +222,11 @@ impl Fixture {
             vec![(DENIED_PORT, DENIED_PORT)],
             Verdict::Deny,
         ));
-        identity.exec.push(PathRuleSpec::exec("kill-bin", PathPattern::Exact(self.killed_binary.clone()), Verdict::Kill));
+        identity.exec.push(PathRuleSpec::exec(
+            "kill-bin",
+            PathPattern::Exact(self.killed_binary.clone()),
+            Verdict::Kill,
+        ));
         identity
     }
 }
@@ -247,9 +254,7 @@ impl Job {
             }
             // The fallback kills the opener: one open per process, so the cell
             // is the whole fork-open-reap cycle, nothing subtracted.
-            Op::Open if blocked => {
-                (Expect::Killed, execs, fixture.denied_file.clone(), "tagged, killed (per process)")
-            }
+            Op::Open if blocked => (Expect::Killed, execs, fixture.denied_file.clone(), "tagged, killed (per process)"),
             Op::Open => (Expect::Allowed, iterations, fixture.small_file.clone(), ""),
             Op::Connect if blocked => (Expect::Denied, connects, DENIED_PORT.to_string(), "tagged, denied (EPERM)"),
             // The worker listens on an ephemeral port of its own.
@@ -339,15 +344,20 @@ fn measure(
 ) -> anyhow::Result<()> {
     let first = cells.len();
     for (condition, job) in &jobs {
-        cells.push(Cell { op: job.op, condition: *condition, label: job.label, iterations: job.iterations, samples: Vec::new() });
+        cells.push(Cell {
+            op: job.op,
+            condition: *condition,
+            label: job.label,
+            iterations: job.iterations,
+            samples: Vec::new(),
+        });
     }
     for round in 1..=RUNS {
         eprintln!("rtid-bench: {phase}: round {round}/{RUNS}");
         for (index, (condition, job)) in jobs.iter().enumerate() {
             let labeler = if condition.tagged() { kernel.as_deref_mut() } else { None };
-            let ns = job
-                .run_worker(labeler)
-                .with_context(|| format!("measuring {} ({})", job.op.title(), job.label))?;
+            let ns =
+                job.run_worker(labeler).with_context(|| format!("measuring {} ({})", job.op.title(), job.label))?;
             cells[first + index].samples.push(ns);
         }
     }
@@ -396,6 +406,9 @@ fn run(args: &[String]) -> anyhow::Result<()> {
     let options = Options::parse(args)?;
     // SAFETY: geteuid has no preconditions.
     ensure!(unsafe { libc::geteuid() } == 0, "rtid-bench loads BPF programs: run it as root (cargo xtask bench)");
+    if options.pipeline_only {
+        return pipeline::run(&std::env::current_exe()?.with_file_name("rtid-probe"));
+    }
     let fixture = Fixture::new()?;
     let mut cells = Vec::new();
 
@@ -407,9 +420,8 @@ fn run(args: &[String]) -> anyhow::Result<()> {
     measure("no rtid", baseline, None, &mut cells)?;
 
     // Conditions b, c, d: one load, so every loaded cell sees the same programs.
-    let mut kernel = RtidKernel::load(&LoadOptions::default()).context(
-        "loading rtid (EBUSY/EEXIST: another rtid instance, e.g. a test run, is attached; retry later)",
-    )?;
+    let mut kernel = RtidKernel::load(&LoadOptions::default())
+        .context("loading rtid (EBUSY/EEXIST: another rtid instance, e.g. a test run, is attached; retry later)")?;
     let policy = compile(&[fixture.identity()]).map_err(|errors| anyhow::anyhow!("bench policy: {errors:?}"))?;
     kernel.install(policy).context("installing the bench policy")?;
     let backends = kernel.backends();

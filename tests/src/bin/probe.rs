@@ -11,7 +11,7 @@ use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream, UdpSocket},
     os::unix::net::{UnixDatagram, UnixStream},
-    process::{exit, Command},
+    process::{Command, exit},
     time::Duration,
 };
 
@@ -111,7 +111,9 @@ fn main() {
         }
         "sendto" => report(sendto(&arg(1))),
         "unix-connect" => report(UnixStream::connect(arg(1)).map(|_| "connected".into())),
-        "unix-sendto" => report(UnixDatagram::unbound().and_then(|s| s.send_to(b"rtid", arg(1))).map(|n| format!("sent {n}"))),
+        "unix-sendto" => {
+            report(UnixDatagram::unbound().and_then(|s| s.send_to(b"rtid", arg(1))).map(|n| format!("sent {n}")))
+        }
         // Runs a command and reports how it ended.
         "spawn" => {
             let status = Command::new(arg(1)).args(&args[2..]).status();

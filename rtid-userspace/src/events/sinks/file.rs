@@ -15,14 +15,16 @@
 //! batch costs no task hand-off.
 
 use std::{
-    ffi::OsString,
     fs::{self, File, OpenOptions},
     io::{self, Write},
     os::unix::fs::FileExt,
     path::{Path, PathBuf},
 };
 
-use crate::events::pipeline::{Format, SharedRecord, SinkInput};
+use crate::{
+    events::pipeline::{Format, SharedRecord, SinkInput},
+    rotation::{remove_if_present, rename_if_present, rotated_path},
+};
 
 /// Most events written in one batch: bounds the batch buffer even if the
 /// queue was configured very large.
@@ -206,11 +208,11 @@ impl RotatingFile {
         if self.keep == 0 {
             remove_if_present(&self.path)?;
         } else {
-            remove_if_present(&numbered(&self.path, self.keep))?;
+            remove_if_present(&rotated_path(&self.path, self.keep))?;
             for k in (1..self.keep).rev() {
-                rename_if_present(&numbered(&self.path, k), &numbered(&self.path, k + 1))?;
+                rename_if_present(&rotated_path(&self.path, k), &rotated_path(&self.path, k + 1))?;
             }
-            rename_if_present(&self.path, &numbered(&self.path, 1))?;
+            rename_if_present(&self.path, &rotated_path(&self.path, 1))?;
         }
         self.ensure_open().map(|_| ())
     }
@@ -234,27 +236,6 @@ fn open_for_append(path: &Path) -> io::Result<(File, u64)> {
         }
     }
     Ok((file, size))
-}
-
-/// `path.<k>`
-fn numbered(path: &Path, k: u32) -> PathBuf {
-    let mut name = OsString::from(path.as_os_str());
-    name.push(format!(".{k}"));
-    PathBuf::from(name)
-}
-
-fn remove_if_present(path: &Path) -> io::Result<()> {
-    match fs::remove_file(path) {
-        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
-        other => other,
-    }
-}
-
-fn rename_if_present(from: &Path, to: &Path) -> io::Result<()> {
-    match fs::rename(from, to) {
-        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
-        other => other,
-    }
 }
 
 #[cfg(test)]
@@ -372,9 +353,9 @@ mod tests {
         drop(pipeline);
         task.await.unwrap();
 
-        assert!(!numbered(&path, 4).exists(), "more than keep=3 rotated files");
+        assert!(!rotated_path(&path, 4).exists(), "more than keep=3 rotated files");
         let mut kept = Vec::new();
-        for file in [numbered(&path, 3), numbered(&path, 2), numbered(&path, 1), path.clone()] {
+        for file in [rotated_path(&path, 3), rotated_path(&path, 2), rotated_path(&path, 1), path.clone()] {
             let size = fs::metadata(&file).unwrap().len();
             assert!(size <= max_size, "{} has {size} bytes, more than {max_size}", file.display());
             assert_eq!(seqs(&file).len(), 3, "{} is not filled up to max_size", file.display());
@@ -401,10 +382,10 @@ mod tests {
         pipeline.publish(&record(3, "/x"));
         drop(pipeline);
         task.await.unwrap();
-        assert_eq!(seqs(&numbered(&path, 2)), [0, 1]);
-        assert_eq!(seqs(&numbered(&path, 1)), [2]);
+        assert_eq!(seqs(&rotated_path(&path, 2)), [0, 1]);
+        assert_eq!(seqs(&rotated_path(&path, 1)), [2]);
         assert_eq!(seqs(&path), [3]);
-        assert!(!numbered(&path, 3).exists());
+        assert!(!rotated_path(&path, 3).exists());
         assert_eq!(stats.delivered.load(Ordering::Relaxed), 4);
     }
 

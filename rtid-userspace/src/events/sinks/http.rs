@@ -123,7 +123,9 @@ fn is_transient(error: &std::io::Error) -> bool {
 async fn serve_connection(stream: TcpStream, peer: SocketAddr, endpoint: Arc<Endpoint>) {
     // Events are small and latency matters more than packet count.
     let _ = stream.set_nodelay(true);
-    let service = service_fn(move |request: Request<Incoming>| std::future::ready(Ok::<_, Infallible>(endpoint.respond(&request))));
+    let service = service_fn(move |request: Request<Incoming>| {
+        std::future::ready(Ok::<_, Infallible>(endpoint.respond(&request)))
+    });
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
@@ -159,9 +161,9 @@ impl Endpoint {
 
     fn respond(&self, request: &Request<Incoming>) -> Response<ResponseBody> {
         match request.uri().path() {
-            "/metrics" => read_only(request, || {
-                text_response(StatusCode::OK, crate::metrics::CONTENT_TYPE, (self.metrics)())
-            }),
+            "/metrics" => {
+                read_only(request, || text_response(StatusCode::OK, crate::metrics::CONTENT_TYPE, (self.metrics)()))
+            }
             "/healthz" => read_only(request, || text_response(StatusCode::OK, TEXT, "ok\n".into())),
             "/events" => match &self.events {
                 Some(events) if request.method() == Method::GET => events.respond(request),
@@ -637,7 +639,8 @@ mod tests {
         async fn read_chunk(&mut self) {
             let mut size_line = String::new();
             self.reader.read_line(&mut size_line).await.unwrap();
-            let size = usize::from_str_radix(size_line.trim(), 16).unwrap_or_else(|_| panic!("chunk size {size_line:?}"));
+            let size =
+                usize::from_str_radix(size_line.trim(), 16).unwrap_or_else(|_| panic!("chunk size {size_line:?}"));
             assert!(size > 0, "the stream ended");
             let start = self.pending.len();
             self.pending.resize(start + size, 0);
@@ -722,9 +725,10 @@ mod tests {
         let server = Server::start(64, 64).await;
         let (headers, mut by_accept) = subscribe(&server, "Accept: text/html, text/event-stream;q=0.9\r\n").await;
         assert_eq!(header(&headers, "content-type"), Some(EVENT_STREAM));
-        let mut reader = send(server.address, &format!(
-            "GET /events?format=sse HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
-        ))
+        let mut reader = send(
+            server.address,
+            &format!("GET /events?format=sse HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"),
+        )
         .await;
         let (status, headers) = read_head(&mut reader).await;
         assert_eq!((status, header(&headers, "content-type")), (200, Some(EVENT_STREAM)));
@@ -742,7 +746,8 @@ mod tests {
                 assert_eq!(client.next_line().await, "");
             }
         }
-        let bad = format!("GET /events?format=xml HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n");
+        let bad =
+            format!("GET /events?format=xml HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n");
         assert_eq!(fetch(server.address, &bad).await.0, 400);
     }
 

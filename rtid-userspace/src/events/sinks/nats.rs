@@ -117,7 +117,12 @@ async fn run_tuned(tuning: Tuning, url: String, stream: String, node: String, mu
 }
 
 /// A client that connects (and reconnects) in the background, forever.
-async fn connect(url: &str, tuning: &Tuning, connected: &Arc<Notify>, stats: &Arc<SinkStats>) -> Result<Client, ConnectError> {
+async fn connect(
+    url: &str,
+    tuning: &Tuning,
+    connected: &Arc<Notify>,
+    stats: &Arc<SinkStats>,
+) -> Result<Client, ConnectError> {
     let max_backoff = tuning.max_backoff;
     let (connected, stats) = (connected.clone(), stats.clone());
     ConnectOptions::new()
@@ -283,11 +288,8 @@ impl Sink {
             // The next connection asks again.
             return;
         }
-        let config = stream::Config {
-            name: self.stream.clone(),
-            subjects: vec![STREAM_SUBJECTS.into()],
-            ..Default::default()
-        };
+        let config =
+            stream::Config { name: self.stream.clone(), subjects: vec![STREAM_SUBJECTS.into()], ..Default::default() };
         match self.jetstream.get_or_create_stream(config).await {
             Ok(found) => {
                 let subjects = &found.cached_info().config.subjects;
@@ -428,7 +430,10 @@ mod tests {
             while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
                 let exited = self.child.as_mut().unwrap().try_wait().unwrap();
                 if exited.is_some() || Instant::now() > deadline {
-                    panic!("nats-server did not start ({exited:?}): {}", std::fs::read_to_string(&log).unwrap_or_default());
+                    panic!(
+                        "nats-server did not start ({exited:?}): {}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -546,7 +551,8 @@ mod tests {
             .create_consumer(pull::Config { name: Some(format!("check-{}", std::process::id())), ..Default::default() })
             .await
             .expect("create a consumer");
-        let mut messages = consumer.fetch().max_messages(1000).expires(Duration::from_secs(1)).messages().await.unwrap();
+        let mut messages =
+            consumer.fetch().max_messages(1000).expires(Duration::from_secs(1)).messages().await.unwrap();
         let mut read = Vec::new();
         while let Some(message) = messages.next().await {
             let message = message.unwrap();
@@ -662,9 +668,13 @@ mod tests {
         let dir = TempDir::new("nats-sink-foreign");
         let server = NatsServer::start(&dir.0).await;
         let js = reader(&server.url()).await;
-        js.create_stream(stream::Config { name: "RTID".into(), subjects: vec!["other.>".into()], ..Default::default() })
-            .await
-            .unwrap();
+        js.create_stream(stream::Config {
+            name: "RTID".into(),
+            subjects: vec!["other.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
         let sink = start_sink(&server.url());
         // Retry until the sink is connected and the publish reaches the server.
         wait_for("a failed publish", || {

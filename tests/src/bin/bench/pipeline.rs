@@ -49,9 +49,21 @@ fn start_daemon(dir: &TestDir, sink: &str) -> anyhow::Result<DaemonUnderTest> {
         "policy.yaml",
         "apiVersion: rtid.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: pipeline-bench\nspec:\n  identities:\n    - name: flood\n      audit: all\n      defaults: { file: allow, network: allow, exec: allow }\n",
     );
-    let config = dir.file("config.yaml", &format!("sinks:\n  - {{ type: file, path: {sink}, maxSize: 4GiB, queue: 262144 }}\n"));
+    let config =
+        dir.file("config.yaml", &format!("sinks:\n  - {{ type: file, path: {sink}, maxSize: 4GiB, queue: 262144 }}\n"));
     let child = Command::new(rtid_binary()?)
-        .args(["--socket", &socket, "daemon", "--no-pin", "--state-dir", &dir.path("state"), "--policy", &policy, "--config", &config])
+        .args([
+            "--socket",
+            &socket,
+            "daemon",
+            "--no-pin",
+            "--state-dir",
+            &dir.path("state"),
+            "--policy",
+            &policy,
+            "--config",
+            &config,
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -77,8 +89,14 @@ fn burst(dir: &TestDir, probe: &Path, count: u64) -> anyhow::Result<(u64, f64, u
     let target = dir.file("target.txt", "x");
     let baseline = count_lines(&sink);
     let started = Instant::now();
-    let run = cli(&daemon, &["run", "--identity", "flood", "--", &probe.display().to_string(), "open-many", &count.to_string(), &target])?;
-    ensure!(String::from_utf8_lossy(&run.stdout).contains(&format!("opened {count}")), "the agent's opens failed: {run:?}");
+    let run = cli(
+        &daemon,
+        &["run", "--identity", "flood", "--", &probe.display().to_string(), "open-many", &count.to_string(), &target],
+    )?;
+    ensure!(
+        String::from_utf8_lossy(&run.stdout).contains(&format!("opened {count}")),
+        "the agent's opens failed: {run:?}"
+    );
     // Wait until the sink stops growing: everything the ring held is out.
     let mut last = (count_lines(&sink), Instant::now());
     let mut finished_at = started.elapsed();
@@ -97,7 +115,10 @@ fn burst(dir: &TestDir, probe: &Path, count: u64) -> anyhow::Result<(u64, f64, u
     }
     let report = status(&daemon)?;
     let kernel_drops = report["ring_full_drops"].as_u64().unwrap_or(0);
-    let sink_drops: u64 = report["sinks"].as_array().map(|sinks| sinks.iter().filter_map(|sink| sink["dropped"].as_u64()).sum()).unwrap_or(0);
+    let sink_drops: u64 = report["sinks"]
+        .as_array()
+        .map(|sinks| sinks.iter().filter_map(|sink| sink["dropped"].as_u64()).sum())
+        .unwrap_or(0);
     let written = last.0 - baseline;
     let _ = std::fs::remove_file(&sink);
     Ok((written, finished_at.as_secs_f64(), kernel_drops, sink_drops))
@@ -108,8 +129,12 @@ pub fn run(probe: &Path) -> anyhow::Result<()> {
     println!();
     println!("### Event pipeline: kernel ring → rtid daemon → JSON file sink (/dev/shm)");
     println!();
-    println!("One agent (`audit: all`) opens a file N times as fast as it can; every open is an event. Events per second");
-    println!("from the first open until the sink stops growing; lifecycle events of the agent (start, exec, exit) are included.");
+    println!(
+        "One agent (`audit: all`) opens a file N times as fast as it can; every open is an event. Events per second"
+    );
+    println!(
+        "from the first open until the sink stops growing; lifecycle events of the agent (start, exec, exit) are included."
+    );
     println!();
     println!("| opens (events) | events in the sink | seconds | events/s | kernel ring drops | sink drops |");
     println!("|---:|---:|---:|---:|---:|---:|");
