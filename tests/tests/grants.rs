@@ -77,6 +77,7 @@ fn a_grant_allows_for_its_ttl_and_names_itself_in_events() {
         }
         if line.contains(&format!("\"rule_id\":\"{grant_id}\"")) && line.contains("\"verdict\":\"audit\"") {
             saw_grant = true;
+            assert!(line.contains(&format!("\"grant_id\":\"{grant_id}\"")), "the event names the grant: {line}");
         }
         if expired && line.contains("\"rule_id\":\"secret\"") && line.contains("\"verdict\":\"deny\"") {
             saw_deny_after = true;

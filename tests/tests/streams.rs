@@ -312,3 +312,56 @@ fn a_flooding_identity_is_capped_and_what_is_held_back_is_summarised() {
 fn humantime_like(text: &str) -> bool {
     text.len() >= 20 && text.as_bytes()[4] == b'-' && text.as_bytes()[10] == b'T' && text.ends_with('Z')
 }
+
+#[test]
+fn container_and_pod_come_from_the_cgroup_a_process_runs_in() {
+    let scratch = TestDir::new("container-data");
+    let secret = scratch.file("secret/key", "PRIVATE");
+    let out = scratch.path("events.jsonl");
+    let ocsf = scratch.path("events.ocsf.jsonl");
+    let config = scratch.file(
+        "config.yaml",
+        &format!("sinks:\n  - {{ type: file, path: {out} }}\n  - {{ type: file, path: {ocsf}, format: ocsf }}\n"),
+    );
+    let policy = write_policy(&scratch, "policy.yaml", &streamer_policy(&scratch.path("secret"), free_port(), ""));
+    let daemon = Daemon::start_with("container", vec![policy], vec!["--config".into(), config]);
+
+    // A kubelet-style (systemd driver) cgroup for one container of one pod.
+    let pod_uid = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+    let container_id = "4c0ffee0".repeat(8);
+    let root = rtid_userspace::loader::cgroup::cgroup2_root().expect("cgroup2 mounted");
+    let top = root.join(format!("rtid-test-kubepods-{}.slice", std::process::id()));
+    let pod = top.join(format!("kubepods-burstable-pod{}.slice", pod_uid.replace('-', "_")));
+    let container = pod.join(format!("cri-containerd-{container_id}.scope"));
+    std::fs::create_dir_all(&container).expect("create the container's cgroup");
+    struct RemoveCgroups(Vec<std::path::PathBuf>);
+    impl Drop for RemoveCgroups {
+        fn drop(&mut self) {
+            for dir in &self.0 {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+    }
+    let _cleanup = RemoveCgroups(vec![container.clone(), pod, top]);
+
+    // The agent's shell joins the container's cgroup; its child, born there
+    // as a container's processes are, reads the secret.
+    let script =
+        format!("echo $$ > {}; sh -c 'exec 3< {secret}; sleep 1'; exit 0", container.join("cgroup.procs").display());
+    let run = daemon.cli(&["run", "--identity", "streamer", "--", "/bin/sh", "-c", &script]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run));
+    let event = wait_for_lines(&out, 1, "the read from inside the container", |line| {
+        line["kind"] == "file" && line["path"] == secret.as_str()
+    })
+    .remove(0);
+    assert_eq!(event["process"]["container_id"], container_id.as_str(), "{event}");
+    assert_eq!(event["process"]["pod_uid"], pod_uid, "{event}");
+    // Flagged instead of denied (this backend cannot refuse an open): a Detection Finding.
+    let finding = wait_for_lines(&ocsf, 1, "the read in OCSF", |line| {
+        line["class_uid"] == 2004 && line.to_string().contains(&secret)
+    })
+    .remove(0);
+    assert!(finding.to_string().contains(&format!("\"uid\":\"{container_id}\"")), "the container is named: {finding}");
+    assert!(finding.to_string().contains(&format!("\"pod_uuid\":\"{pod_uid}\"")), "the pod is named: {finding}");
+    ocsf_validate(&ocsf).unwrap_or_else(|problems| panic!("OCSF output fails the schema models:\n{problems}"));
+}

@@ -457,6 +457,12 @@ mod tests {
         // our parent does not.
         let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
         let child_tgid = child.id();
+        // spawn() returns once the child exists, not once it has exec'd sleep.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::fs::read(format!("/proc/{child_tgid}/cmdline")).unwrap_or_default() != b"sleep\x005\x00" {
+            assert!(std::time::Instant::now() < deadline, "sleep did not start");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let stat = Process::new(child_tgid as i32).unwrap().stat().unwrap();
         let key = format!("{child_tgid}:{}", stat.starttime * 1_000_000_000 / procfs::ticks_per_second());
         let me = std::process::id();
