@@ -405,9 +405,6 @@ fn process_batch(daemon: &Shared, batch: &[rtid_common::Event]) {
     daemon.events_seen += batch.len() as u64;
     let clock = streams::WallClock::now();
     for event in batch {
-        if event.kind == rtid_common::EventKind::Exit as u8 {
-            daemon.labels.remove(&event.tgid);
-        }
         if event.kind == rtid_common::EventKind::Exec as u8 {
             // A new image: what /proc said before the exec is stale.
             daemon.enricher.forget(&format!("{}:{}", event.tgid, event.process_start_ns));
@@ -416,6 +413,8 @@ fn process_batch(daemon: &Shared, batch: &[rtid_common::Event]) {
         daemon.enrich(&mut record, &clock);
         follow_up(&mut daemon, &record);
         if event.kind == rtid_common::EventKind::Exit as u8 {
+            // After its exit event was enriched (the launch's owner included).
+            daemon.labels.remove(&event.tgid);
             daemon.enricher.forget(&record.process_key);
         }
         daemon.streams.emit(record);
