@@ -9,6 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::io::Write as _;
+
 use anyhow::{Context, bail, ensure};
 use rtid_tests::TestDir;
 
@@ -81,47 +83,86 @@ fn count_lines(path: &Path) -> u64 {
     std::fs::read(path).map(|bytes| bytes.iter().filter(|byte| **byte == b'\n').count() as u64).unwrap_or(0)
 }
 
-/// One burst of `count` opens; returns (events written, seconds, kernel drops, sink drops).
-fn burst(dir: &TestDir, probe: &Path, count: u64) -> anyhow::Result<(u64, f64, u64, u64)> {
+/// What one burst gave.
+struct Burst {
+    written: u64,
+    /// Until the agent's last open returned.
+    agent_seconds: f64,
+    /// From the daemon's first chance to read until the sink stopped growing.
+    sink_seconds: f64,
+    kernel_drops: u64,
+    sink_drops: u64,
+}
+
+/// One burst of `count` opens. With `paused`, the daemon is stopped (SIGSTOP)
+/// while the agent runs, so the ring fills first and the figure is the
+/// daemon's own drain rate, not the agent's pace.
+fn burst(dir: &TestDir, probe: &Path, count: u64, paused: bool) -> anyhow::Result<Burst> {
     let sink = PathBuf::from(format!("/dev/shm/rtid-pipeline-bench-{}-{count}.jsonl", std::process::id()));
     let _ = std::fs::remove_file(&sink);
     let daemon = start_daemon(dir, &sink.display().to_string())?;
     let target = dir.file("target.txt", "x");
     let baseline = count_lines(&sink);
+    // `rtid run` asks the daemon to label the agent: launch it first, then stop the daemon.
+    let mut agent = Command::new(rtid_binary()?)
+        .args(["--socket", &daemon.socket, "run", "--identity", "flood", "--", &probe.display().to_string()])
+        .arg("wait-stdin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the agent")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let daemon_pid = daemon.child.id() as i32;
+    if paused {
+        // SAFETY: signals our own child.
+        unsafe { libc::kill(daemon_pid, libc::SIGSTOP) };
+    }
     let started = Instant::now();
-    let run = cli(
-        &daemon,
-        &["run", "--identity", "flood", "--", &probe.display().to_string(), "open-many", &count.to_string(), &target],
-    )?;
+    // The agent (a child the labeled probe spawns) starts on this line.
+    let mut stdin = agent.stdin.take().context("agent stdin")?;
+    writeln!(stdin, "open-many {count} {target}").context("starting the agent's opens")?;
+    drop(stdin);
+    let output = agent.wait_with_output().context("waiting for the agent")?;
+    let agent_seconds = started.elapsed().as_secs_f64();
     ensure!(
-        String::from_utf8_lossy(&run.stdout).contains(&format!("opened {count}")),
-        "the agent's opens failed: {run:?}"
+        String::from_utf8_lossy(&output.stdout).contains(&format!("opened {count}")),
+        "the agent's opens failed: {output:?}"
     );
+    let reading_from = Instant::now();
+    if paused {
+        // SAFETY: signals our own child.
+        unsafe { libc::kill(daemon_pid, libc::SIGCONT) };
+    }
+    let clock_start = if paused { reading_from } else { started };
     // Wait until the sink stops growing: everything the ring held is out.
     let mut last = (count_lines(&sink), Instant::now());
-    let mut finished_at = started.elapsed();
+    let mut finished_at = clock_start.elapsed();
     loop {
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
         let lines = count_lines(&sink);
         if lines != last.0 {
             last = (lines, Instant::now());
-            finished_at = started.elapsed();
+            finished_at = clock_start.elapsed();
         } else if last.1.elapsed() > Duration::from_secs(1) {
             break;
         }
-        if started.elapsed() > Duration::from_secs(120) {
+        if clock_start.elapsed() > Duration::from_secs(120) {
             bail!("the sink was still growing after 120 s");
         }
     }
     let report = status(&daemon)?;
-    let kernel_drops = report["ring_full_drops"].as_u64().unwrap_or(0);
     let sink_drops: u64 = report["sinks"]
         .as_array()
         .map(|sinks| sinks.iter().filter_map(|sink| sink["dropped"].as_u64()).sum())
         .unwrap_or(0);
-    let written = last.0 - baseline;
     let _ = std::fs::remove_file(&sink);
-    Ok((written, finished_at.as_secs_f64(), kernel_drops, sink_drops))
+    Ok(Burst {
+        written: last.0 - baseline,
+        agent_seconds,
+        sink_seconds: finished_at.as_secs_f64(),
+        kernel_drops: report["ring_full_drops"].as_u64().unwrap_or(0),
+        sink_drops,
+    })
 }
 
 pub fn run(probe: &Path) -> anyhow::Result<()> {
@@ -129,20 +170,28 @@ pub fn run(probe: &Path) -> anyhow::Result<()> {
     println!();
     println!("### Event pipeline: kernel ring → rtid daemon → JSON file sink (/dev/shm)");
     println!();
-    println!(
-        "One agent (`audit: all`) opens a file N times as fast as it can; every open is an event. Events per second"
-    );
-    println!(
-        "from the first open until the sink stops growing; lifecycle events of the agent (start, exec, exit) are included."
-    );
+    println!("One agent (`audit: all`) opens a file N times as fast as it can; every open is an event (the agent's");
+    println!("start, exec and exit are counted too). Live: events per second from the first open until the sink stops");
+    println!("growing. Drain: the daemon is stopped while the agent fills the ring, then timed emptying it.");
     println!();
-    println!("| opens (events) | events in the sink | seconds | events/s | kernel ring drops | sink drops |");
-    println!("|---:|---:|---:|---:|---:|---:|");
-    for count in BURSTS {
-        let (written, seconds, kernel_drops, sink_drops) = burst(&dir, probe, count)?;
+    println!(
+        "| run | opens | events in the sink | agent (s) | sink done (s) | events/s | kernel ring drops | sink drops |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    // Below the ring's capacity, with the daemon stopped while the agent runs:
+    // the daemon's own rate. Then the agent and the daemon at once, past it.
+    for (label, count, paused) in
+        [("drain (daemon paused)", 10_000, true), ("live", BURSTS[0], false), ("live", BURSTS[1], false)]
+    {
+        let burst = burst(&dir, probe, count, paused)?;
         println!(
-            "| {count} | {written} | {seconds:.2} | {:.0} | {kernel_drops} | {sink_drops} |",
-            written as f64 / seconds.max(1e-9)
+            "| {label} | {count} | {} | {:.2} | {:.2} | {:.0} | {} | {} |",
+            burst.written,
+            burst.agent_seconds,
+            burst.sink_seconds,
+            burst.written as f64 / burst.sink_seconds.max(1e-9),
+            burst.kernel_drops,
+            burst.sink_drops
         );
     }
     Ok(())
