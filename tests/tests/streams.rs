@@ -77,6 +77,11 @@ fn four_sinks_carry_every_field_and_a_dead_one_loses_only_its_own() {
     // The endpoint wants the bearer token.
     assert_eq!(http_fetch(http_port, "/events", &[]).0, 401, "no token");
     assert_eq!(http_fetch(http_port, "/events", &[("Authorization", "Bearer wrong")]).0, 401, "wrong token");
+    // Nor can an agent reach the endpoint at all, token or not: the kernel refuses the connect.
+    let probe = probe_path().display().to_string();
+    let reach =
+        daemon.cli(&["run", "--identity", "streamer", "--", &probe, "connect", &format!("127.0.0.1:{http_port}")]);
+    assert!(text(&reach).contains("err 1"), "an agent's connect to the daemon's endpoint gets EPERM: {}", text(&reach));
     let bearer = format!("Bearer {token}");
     let mut reader = http_get(http_port, "/events", &[("Authorization", &bearer)]);
     // A consumer that connects and never reads: its queue fills, nobody else waits.

@@ -111,6 +111,7 @@ pub fn install(
     policy: &LoadedPolicy,
     derived: &[IdentitySpec],
     grants: &[grants::Grant],
+    endpoints: &[std::net::SocketAddr],
 ) -> anyhow::Result<()> {
     let mut identities = policy.identities.clone();
     // Launch-time delegations whose identities still exist in this policy.
@@ -123,7 +124,11 @@ pub fn install(
         }
     }
     let identities = grants::with_grants(&identities, grants);
-    let identities = crate::policy::delegation::effective(&identities).map_err(|problem| anyhow::anyhow!(problem))?;
+    let mut identities =
+        crate::policy::delegation::effective(&identities).map_err(|problem| anyhow::anyhow!(problem))?;
+    for identity in &mut identities {
+        identity.network.extend(endpoint_rules(endpoints));
+    }
     let compiled = compile(&identities)
         .map_err(|errors| anyhow::anyhow!(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")))?;
     kernel.install(compiled).context("installing policy")?;
@@ -151,6 +156,43 @@ pub fn install(
     }
     kernel.set_exec_selectors(&exec).context("exec selectors")?;
     Ok(())
+}
+
+/// The daemon's own TCP endpoints (`http.listen`: /events, /metrics), denied
+/// to every identity in the kernel, above its rules and grants: an agent
+/// cannot read the event stream, whatever token it finds. A wildcard listen
+/// address protects the port on every address.
+fn endpoint_rules(endpoints: &[std::net::SocketAddr]) -> Vec<crate::policy::NetRuleSpec> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let mut rules = Vec::new();
+    for endpoint in endpoints {
+        let targets: Vec<(IpAddr, u8)> = if endpoint.ip().is_unspecified() {
+            vec![(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0), (IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0)]
+        } else {
+            vec![(endpoint.ip(), if endpoint.is_ipv4() { 32 } else { 128 })]
+        };
+        for (addr, prefix_len) in targets {
+            rules.push(crate::policy::NetRuleSpec {
+                id: "rtid/daemon-endpoint".into(),
+                target: crate::policy::NetTarget::Cidr { addr, prefix_len },
+                ports: vec![(endpoint.port(), endpoint.port())],
+                protocols: rtid_common::protocol::TCP,
+                action: rtid_common::Verdict::Deny,
+                expires_at_boot_ns: None,
+                grant: false,
+                // Ranked as a delegator's restriction: nothing the identity holds outranks it.
+                from_delegator: true,
+            });
+        }
+    }
+    rules
+}
+
+impl DaemonOptions {
+    /// The endpoints `install` protects.
+    pub fn endpoints(&self) -> Vec<std::net::SocketAddr> {
+        self.config.http.iter().map(|http| http.listen).collect()
+    }
 }
 
 /// `base` as delegated from `delegator` (named `delegator>base`).
@@ -230,7 +272,7 @@ impl Daemon {
     /// Recompiles the policy in force with the live grants and swaps it in.
     pub fn reinstall(&mut self) -> anyhow::Result<()> {
         self.grants.prune(crate::loader::boot_time_ns());
-        install(&mut self.kernel, &self.policy, &self.derived, self.grants.live())
+        install(&mut self.kernel, &self.policy, &self.derived, self.grants.live(), &self.options.endpoints())
     }
 }
 
@@ -247,7 +289,7 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     }
     let mut ledger = grants::Ledger::new(options.approval_timeout, options.max_grant_ttl);
     let derived = restore_saved(&saved, &policy, &mut ledger);
-    install(&mut kernel, &policy, &derived, ledger.live())?;
+    install(&mut kernel, &policy, &derived, ledger.live(), &options.endpoints())?;
     let backends = kernel.backends();
     info!(
         file = backends.file.name(),
@@ -330,7 +372,13 @@ fn reload(daemon: &Shared) {
     let mut guard = daemon.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let daemon = &mut *guard;
     match read_policy(&daemon.options.policy_paths) {
-        Ok(policy) => match install(&mut daemon.kernel, &policy, &daemon.derived, daemon.grants.live()) {
+        Ok(policy) => match install(
+            &mut daemon.kernel,
+            &policy,
+            &daemon.derived,
+            daemon.grants.live(),
+            &daemon.options.endpoints(),
+        ) {
             Ok(()) => {
                 daemon.streams.audit_change(serde_json::json!({
                     "action": "policy_reload",
@@ -582,5 +630,19 @@ fn metrics_snapshot(daemon: &Shared) -> crate::metrics::MetricsSnapshot {
         audit_records,
         audit_dropped,
         uptime_seconds: daemon.started.elapsed().as_secs(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::endpoint_rules;
+
+    #[test]
+    fn a_wildcard_listen_address_protects_the_port_on_every_address() {
+        let rules = endpoint_rules(&["0.0.0.0:9477".parse().unwrap()]);
+        assert_eq!(rules.len(), 2, "IPv4 and IPv6");
+        assert!(rules.iter().all(|rule| rule.ports == [(9477, 9477)] && rule.from_delegator));
+        let loopback = endpoint_rules(&["127.0.0.1:9477".parse().unwrap()]);
+        assert!(matches!(loopback[0].target, crate::policy::NetTarget::Cidr { prefix_len: 32, .. }));
     }
 }

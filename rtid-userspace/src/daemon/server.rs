@@ -472,7 +472,8 @@ fn apply(daemon: &mut super::Daemon, documents: Vec<(String, String)>) -> Respon
         Err(errors) => return rejected(errors.iter().map(ToString::to_string).collect()),
     };
     let policy = super::LoadedPolicy { identities: set.identities, selectors: set.selectors, sources: set.sources };
-    match super::install(&mut daemon.kernel, &policy, &daemon.derived, daemon.grants.live()) {
+    let endpoints = daemon.options.endpoints();
+    match super::install(&mut daemon.kernel, &policy, &daemon.derived, daemon.grants.live(), &endpoints) {
         Ok(()) => {
             daemon.policy = policy;
             super::state::save(daemon);
