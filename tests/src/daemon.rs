@@ -51,13 +51,25 @@ impl Daemon {
         self.dir.path("rtid.sock")
     }
 
+    /// Where the daemon's stdout goes.
+    pub fn stdout_path(&self) -> String {
+        self.dir.path("stdout.jsonl")
+    }
+
     pub fn spawn(&mut self) {
         let mut command = Command::new(rtid_binary());
         command
             .args(["--socket", &self.socket(), "daemon", "--state-dir", &self.dir.path("state")])
             .arg("--pin-dir")
             .arg(&self.pins)
-            .stdout(Stdio::null())
+            // The stdout sink's output, for the tests that read it (appended across restarts).
+            .stdout(Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.stdout_path())
+                    .expect("daemon stdout file"),
+            ))
             .stderr(Stdio::inherit());
         for path in &self.policy {
             command.args(["--policy", path]);

@@ -370,3 +370,22 @@ fn container_and_pod_come_from_the_cgroup_a_process_runs_in() {
     assert!(finding.to_string().contains(&format!("\"pod_uuid\":\"{pod_uid}\"")), "the pod is named: {finding}");
     ocsf_validate(&ocsf).unwrap_or_else(|problems| panic!("OCSF output fails the schema models:\n{problems}"));
 }
+
+#[test]
+fn the_stdout_sink_writes_ocsf_lines_for_the_log_pipeline() {
+    let scratch = TestDir::new("stdout-data");
+    let secret = scratch.file("secret/key", "PRIVATE");
+    let config = scratch.file("config.yaml", "nodeName: node-b\nsinks:\n  - { type: stdout, format: ocsf }\n");
+    let policy = write_policy(&scratch, "policy.yaml", &streamer_policy(&scratch.path("secret"), free_port(), ""));
+    let daemon = Daemon::start_with("stdout", vec![policy], vec!["--config".into(), config]);
+    let script = format!("exec 3< {secret}; sleep 1");
+    let run = daemon.cli(&["run", "--identity", "streamer", "--", "/bin/sh", "-c", &script]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run));
+    let finding = wait_for_lines(&daemon.stdout_path(), 1, "the flagged read on stdout", |line| {
+        line["class_uid"] == 2004 && line.to_string().contains(&secret)
+    })
+    .remove(0);
+    assert_eq!(finding["device"]["hostname"], "node-b", "{finding}");
+    ocsf_validate(&daemon.stdout_path())
+        .unwrap_or_else(|problems| panic!("stdout OCSF fails the schema models:\n{problems}"));
+}
