@@ -12,3 +12,5 @@ pub mod loader;
 pub mod metrics;
 pub mod policy;
 pub mod rotation;
+#[cfg(test)]
+mod test_support;

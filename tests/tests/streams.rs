@@ -31,6 +31,12 @@ fn wait_for_lines(path: &str, count: usize, what: &str, wanted: impl Fn(&Value) 
     }
 }
 
+/// An agent of identity `streamer` opening `path` `count` times.
+fn open_many(daemon: &Daemon, count: impl ToString, path: &str) -> std::process::Output {
+    let count = count.to_string();
+    daemon.cli(&["run", "--identity", "streamer", "--", probe_path().to_str().unwrap(), "open-many", &count, path])
+}
+
 fn status(daemon: &Daemon) -> Value {
     let output = daemon.cli(&["--json", "status"]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
@@ -169,16 +175,7 @@ fn four_sinks_carry_every_field_and_a_dead_one_loses_only_its_own() {
     // NATS dies mid-stream; a flood follows. Enforcement and the other sinks carry on.
     nats.stop();
     let flood = 20_000;
-    let run = daemon.cli(&[
-        "run",
-        "--identity",
-        "streamer",
-        "--",
-        probe_path().to_str().unwrap(),
-        "open-many",
-        &flood.to_string(),
-        &plain,
-    ]);
+    let run = open_many(&daemon, flood, &plain);
     assert!(text(&run).contains(&format!("opened {flood}")), "{}", text(&run));
     let refused = daemon.cli(&[
         "run",
@@ -281,17 +278,8 @@ fn a_flooding_identity_is_capped_and_what_is_held_back_is_summarised() {
     );
     let daemon = Daemon::start_with("throttle", vec![policy], vec!["--config".into(), config]);
 
-    let flood = 5_000;
-    let run = daemon.cli(&[
-        "run",
-        "--identity",
-        "streamer",
-        "--",
-        probe_path().to_str().unwrap(),
-        "open-many",
-        &flood.to_string(),
-        &plain,
-    ]);
+    let flood: u64 = 5_000;
+    let run = open_many(&daemon, flood, &plain);
     assert!(text(&run).contains(&format!("opened {flood}")), "every open succeeds, capped or not: {}", text(&run));
     // The summaries come once the capped seconds are over.
     wait_for_lines(&out, 1, "a suppressed summary", |line| line["kind"] == "suppressed");

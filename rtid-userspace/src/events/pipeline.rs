@@ -163,17 +163,7 @@ mod tests {
     use super::*;
 
     fn record() -> SharedRecord {
-        Arc::new(
-            serde_json::from_value(serde_json::json!({
-                "schema": "rtid.event/v1", "kind": "file", "time_boot_ns": 1, "pid": 1, "tgid": 1,
-                "parent_tgid": 0, "uid": 0, "comm": "cat", "process_key": "1:1", "identity_id": 1,
-                "identity": "coder", "delegation_chain": null, "verdict": "deny", "outcome": "killed",
-                "errno": 0, "decision": "rule", "rule_id": null, "rule": null, "backend": "tracepoint",
-                "access": ["read"], "path": "/x", "address": null, "port": null, "protocol": null,
-                "flags": [], "generation": 1, "related_tgid": null
-            }))
-            .unwrap(),
-        )
+        Arc::new(crate::test_support::sample_event(0, "file", "/x"))
     }
 
     #[test]
