@@ -40,6 +40,23 @@ pub struct KernelOffsets {
     pub valid: u32,
 }
 
+/// How many arguments each LSM hook rtid attaches to takes: the previous LSM's
+/// verdict is the context slot after them. The programs read it at these
+/// compiled-in positions (the verifier accepts only constant context offsets);
+/// the loader compares them with the hook's prototype in the running kernel's
+/// BTF and falls back where they differ. `bpf` gained `bool kernel` in 6.9, so
+/// it has a program for each layout.
+pub mod lsm_hook_arguments {
+    pub const FILE_OPEN: u32 = 1;
+    pub const BPRM_CHECK_SECURITY: u32 = 1;
+    pub const SOCKET_CONNECT: u32 = 3;
+    pub const SOCKET_SENDMSG: u32 = 3;
+    /// `bpf(int cmd, union bpf_attr *attr, unsigned int size)` before 6.9.
+    pub const BPF: u32 = 3;
+    /// `bpf(..., bool kernel)` from 6.9.
+    pub const BPF_WITH_KERNEL_FLAG: u32 = 4;
+}
+
 /// `fmode_t` bits read from `struct file::f_mode` (include/linux/fs.h; stable ABI of the VFS).
 pub const FMODE_READ: u32 = 0x1;
 pub const FMODE_WRITE: u32 = 0x2;

@@ -130,6 +130,8 @@ impl DecisionSource {
 /// The enforcement mechanism that judged an action.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 pub enum Backend {
     /// Not a judged action.
     None = 0,

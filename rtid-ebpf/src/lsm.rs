@@ -8,7 +8,9 @@ use aya_ebpf::{
     macros::lsm,
     programs::LsmContext,
 };
-use rtid_common::{AF_INET, AF_INET6, AF_UNIX, Backend, EventKind, FMODE_EXEC, NetObject, Outcome, SIGKILL, counter};
+use rtid_common::{
+    AF_INET, AF_INET6, AF_UNIX, Backend, EventKind, FMODE_EXEC, NetObject, Outcome, SIGKILL, counter, lsm_hook_arguments,
+};
 
 use crate::{
     exec::judge_exec,
@@ -24,10 +26,15 @@ const SOCK_STREAM: u16 = 1;
 const SOCK_DGRAM: u16 = 2;
 
 /// What an LSM hook returns for an enforcement: 0 lets the call proceed.
+/// Since 6.12 the verifier proves an LSM program returns 0 or an errno in
+/// [-4095, -1]; a constant per errno rtid uses gives it that proof.
 #[inline(always)]
 fn lsm_return(enforcement: &Enforcement) -> i32 {
     match enforcement.outcome {
-        Outcome::Blocked => -enforcement.errno,
+        Outcome::Blocked => match enforcement.errno {
+            rtid_common::EACCES => -rtid_common::EACCES,
+            _ => -rtid_common::EPERM,
+        },
         Outcome::Killed => {
             // SAFETY: signals the current task; no memory is involved.
             unsafe { bpf_send_signal(SIGKILL) };
@@ -38,14 +45,14 @@ fn lsm_return(enforcement: &Enforcement) -> i32 {
 }
 
 /// Runs `judge` for a tagged caller unless an earlier LSM already refused
-/// the call (its return value is passed as the argument after the hook's own).
+/// the call (its verdict is the context slot after the hook's `arguments`).
 #[inline(always)]
 fn tagged_hook(
     ctx: &LsmContext,
-    previous_arg: usize,
+    arguments: u32,
     judge: impl FnOnce(&rtid_common::ProcessIdentity) -> Result<Enforcement, ReadError>,
 ) -> i32 {
-    let previous: i32 = ctx.arg(previous_arg);
+    let previous: i32 = ctx.arg(arguments as usize);
     if previous != 0 {
         return previous;
     }
@@ -65,7 +72,7 @@ fn tagged_hook(
 /// include/linux/lsm_hook_defs.h: `LSM_HOOK(int, 0, file_open, struct file *file)`.
 #[lsm(hook = "file_open")]
 pub fn file_open(ctx: LsmContext) -> i32 {
-    tagged_hook(&ctx, 1, |process| {
+    tagged_hook(&ctx, lsm_hook_arguments::FILE_OPEN, |process| {
         let file: KernelPtr = ctx.arg(0);
         if file_mode(file)? & FMODE_EXEC != 0 || file_flags(file)? & FMODE_EXEC != 0 {
             // execve opening the binary: judged as exec by bprm_check_security.
@@ -79,14 +86,14 @@ pub fn file_open(ctx: LsmContext) -> i32 {
 /// `LSM_HOOK(int, 0, bprm_check_security, struct linux_binprm *bprm)`.
 #[lsm(hook = "bprm_check_security")]
 pub fn bprm_check_security(ctx: LsmContext) -> i32 {
-    tagged_hook(&ctx, 1, |process| judge_exec(process, ctx.arg(0), Backend::Lsm))
+    tagged_hook(&ctx, lsm_hook_arguments::BPRM_CHECK_SECURITY, |process| judge_exec(process, ctx.arg(0), Backend::Lsm))
 }
 
 /// include/linux/lsm_hook_defs.h:
 /// `LSM_HOOK(int, 0, socket_connect, struct socket *sock, struct sockaddr *address, int addrlen)`.
 #[lsm(hook = "socket_connect")]
 pub fn socket_connect(ctx: LsmContext) -> i32 {
-    tagged_hook(&ctx, 3, |process| {
+    tagged_hook(&ctx, lsm_hook_arguments::SOCKET_CONNECT, |process| {
         let address: KernelPtr = ctx.arg(1);
         let length: i32 = ctx.arg(2);
         judge_sockaddr(process, ctx.arg(0), address, length, EventKind::Connect)
@@ -98,7 +105,7 @@ pub fn socket_connect(ctx: LsmContext) -> i32 {
 /// Only sends that name a destination are judged; connected sockets were judged at connect.
 #[lsm(hook = "socket_sendmsg")]
 pub fn socket_sendmsg(ctx: LsmContext) -> i32 {
-    tagged_hook(&ctx, 3, |process| {
+    tagged_hook(&ctx, lsm_hook_arguments::SOCKET_SENDMSG, |process| {
         let message: KernelPtr = ctx.arg(1);
         let name: u64 = read_at(message, offset!(msghdr_msg_name))?;
         let length: i32 = read_at(message, offset!(msghdr_msg_namelen))?;

@@ -73,6 +73,13 @@ pub static EXEC_SELECTORS: LpmTrie<PathKey, IdentityId> = LpmTrie::with_max_entr
 #[map]
 pub static NET_RULES: LpmTrie<NetKey, NetRuleList> = LpmTrie::with_max_entries(MAX_NET_ENTRIES, 0);
 
+/// Threads whose connect or send a cgroup socket hook refused with a kill
+/// verdict (key: pid_tgid). Those hooks may not send signals on most kernels
+/// (6.1 and 6.12 refuse `bpf_send_signal` there), so the kill is delivered at the
+/// syscall's exit, after the refusal and before the thread returns to user space.
+#[map]
+pub static PENDING_KILLS: HashMap<u64, u8> = HashMap::with_max_entries(1024, 0);
+
 /// Events to userspace. Size is set by the loader.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);

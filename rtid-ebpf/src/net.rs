@@ -29,7 +29,7 @@ use crate::{
         status_override,
     },
     kernel::ReadError,
-    maps::{BACKEND_CONFIG, count},
+    maps::{BACKEND_CONFIG, PENDING_KILLS, count},
     path::{PathScratch, opaque, scratch},
 };
 
@@ -83,12 +83,31 @@ fn judge_sock_addr(ctx: &SockAddrContext, kind: EventKind, family: u16) -> i32 {
             REFUSE
         }
         Outcome::Killed => {
-            // SAFETY: signals the current task; no memory is involved.
-            unsafe { bpf_send_signal(SIGKILL) };
+            // The call is refused here; `sys_exit_net` delivers the SIGKILL.
+            // Should the table be full, the refusal still holds and the miss is counted.
+            if PENDING_KILLS.insert(&bpf_get_current_pid_tgid(), &1, 0).is_err() {
+                count(counter::HOOK_ERROR);
+            }
             REFUSE
         }
         _ => ALLOW,
     }
+}
+
+/// syscalls/sys_exit_{connect,sendto,sendmsg,sendmmsg}: `long ret`. Kills a
+/// thread whose call a cgroup socket hook refused with a kill verdict, before
+/// it returns to user space. Every connect and send on the node pays one
+/// lookup in a map that is empty unless such a kill is under way.
+#[tracepoint(category = "syscalls", name = "sys_exit_connect")]
+pub fn sys_exit_net(_ctx: TracePointContext) -> u32 {
+    let thread = bpf_get_current_pid_tgid();
+    // SAFETY: the value is only tested for presence.
+    if unsafe { PENDING_KILLS.get(&thread) }.is_some() {
+        // SAFETY: signals the current task; no memory is involved.
+        unsafe { bpf_send_signal(SIGKILL) };
+        let _ = PENDING_KILLS.remove(&thread);
+    }
+    0
 }
 
 /// Judges an IPv4/IPv6 connect or send by a tagged process and reports it.

@@ -8,7 +8,9 @@ use aya_ebpf::{
     macros::{lsm, tracepoint},
     programs::{LsmContext, TracePointContext},
 };
-use rtid_common::{Backend, DecisionSource, EPERM, EventKind, Outcome, ProcessIdentity, SIGKILL, Verdict};
+use rtid_common::{
+    Backend, DecisionSource, EPERM, EventKind, Outcome, ProcessIdentity, SIGKILL, Verdict, lsm_hook_arguments,
+};
 
 use crate::{
     events::{EventFacts, EventObject, emit},
@@ -46,12 +48,27 @@ pub fn sys_enter_bpf(_ctx: TracePointContext) -> u32 {
     0
 }
 
-/// include/linux/lsm_hook_defs.h:
-/// `LSM_HOOK(int, 0, bpf, int cmd, union bpf_attr *attr, unsigned int size)` (6.1; later kernels add a token argument).
+/// include/linux/lsm_hook_defs.h before 6.9:
+/// `LSM_HOOK(int, 0, bpf, int cmd, union bpf_attr *attr, unsigned int size)`.
 #[lsm(hook = "bpf")]
-pub fn bpf(_ctx: LsmContext) -> i32 {
-    // The previous LSM's verdict sits at a different argument on kernels that
-    // added the token argument; refusing tagged callers does not depend on it.
+pub fn bpf(ctx: LsmContext) -> i32 {
+    refuse_bpf(ctx.arg(lsm_hook_arguments::BPF as usize))
+}
+
+/// include/linux/lsm_hook_defs.h from 6.9: `LSM_HOOK(int, 0, bpf, int cmd,
+/// union bpf_attr *attr, unsigned int size, bool kernel)`. The loader picks
+/// this program or `bpf` from the hook's prototype in BTF.
+#[lsm(hook = "bpf")]
+pub fn bpf_with_kernel_flag(ctx: LsmContext) -> i32 {
+    refuse_bpf(ctx.arg(lsm_hook_arguments::BPF_WITH_KERNEL_FLAG as usize))
+}
+
+/// Refuses bpf() to tagged callers, unless an earlier LSM refused it already.
+#[inline(always)]
+fn refuse_bpf(previous: i32) -> i32 {
+    if previous != 0 {
+        return previous;
+    }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     match identity_of(tgid) {
         Some(process) => {

@@ -29,6 +29,8 @@ pub struct Daemon {
     pub policy: Vec<String>,
     /// Extra daemon arguments.
     pub extra: Vec<String>,
+    /// Extra environment of the daemon.
+    pub env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -38,11 +40,16 @@ impl Daemon {
 
     /// Starts with extra daemon arguments.
     pub fn start_with(name: &str, policy: Vec<String>, extra: Vec<String>) -> Daemon {
+        Daemon::start_with_env(name, policy, extra, Vec::new())
+    }
+
+    /// Starts with extra daemon arguments and environment.
+    pub fn start_with_env(name: &str, policy: Vec<String>, extra: Vec<String>, env: Vec<(String, String)>) -> Daemon {
         require_root();
         let dir = TestDir::new(name);
         let pins = PathBuf::from(format!("/sys/fs/bpf/rtid-test-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&pins);
-        let mut daemon = Daemon { child: None, dir, pins, policy, extra };
+        let mut daemon = Daemon { child: None, dir, pins, policy, extra, env };
         daemon.spawn();
         daemon
     }
@@ -75,6 +82,7 @@ impl Daemon {
             command.args(["--policy", path]);
         }
         command.args(&self.extra);
+        command.envs(self.env.iter().map(|(name, value)| (name, value)));
         let _ = std::fs::remove_file(self.socket());
         self.child = Some(command.spawn().expect("start rtid daemon"));
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -344,3 +344,48 @@ fn quarantine(harness: &mut Harness) {
     );
     harness.kernel.set_revoked("agent", false).unwrap();
 }
+
+/// The real `rtid daemon` on this kernel, as an operator starts it: it loads,
+/// picks BPF LSM for every kind of action, and an agent launched with
+/// `rtid run` is refused with EPERM (not killed) on a secret and a port, the
+/// secret's bytes never reaching it.
+#[test]
+#[ignore = "needs BPF LSM: runs inside the VM through `cargo xtask vm-test`"]
+fn the_daemon_enforces_through_bpf_lsm() {
+    use rtid_tests::daemon::{Daemon, text, write_policy};
+
+    let scratch = TestDir::new("lsm-daemon-data");
+    let secret = scratch.file("secret/key", "LSM-SECRET-BYTES");
+    let denied = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = denied.local_addr().expect("addr").port();
+    let policy = write_policy(
+        &scratch,
+        "policy.yaml",
+        &format!(
+            "apiVersion: rtid.dev/v1alpha1\nkind: AgentPolicy\nmetadata:\n  name: lsm\nspec:\n  identities:\n    - name: coder\n      defaults: {{ file: allow, network: allow, exec: allow }}\n      files:\n        - {{ id: secret, path: {}/secret/, action: deny }}\n      network:\n        - {{ id: port, cidr: 127.0.0.1/32, ports: [\"{port}\"], protocol: tcp, action: deny }}\n",
+            scratch.0.display()
+        ),
+    );
+    let daemon = Daemon::start("lsm-daemon", vec![policy]);
+
+    let status = daemon.cli(&["--json", "status"]);
+    assert_eq!(status.status.code(), Some(0), "{}", text(&status));
+    let report = String::from_utf8_lossy(&status.stdout).into_owned();
+    for kind in ["file", "exec", "network"] {
+        assert!(report.contains(&format!("\"{kind}\":\"lsm\"")), "{kind} served by BPF LSM: {report}");
+    }
+
+    let probe = probe_path().display().to_string();
+    let read = daemon.cli(&["run", "--identity", "coder", "--", &probe, "open", &secret]);
+    assert_eq!(read.status.code(), Some(1), "refused, not killed: {}", text(&read));
+    assert_eq!(String::from_utf8_lossy(&read.stdout).trim(), "err 1", "EPERM: {}", text(&read));
+    assert!(!text(&read).contains("LSM-SECRET-BYTES"));
+
+    let connect = daemon.cli(&["run", "--identity", "coder", "--", &probe, "connect", &format!("127.0.0.1:{port}")]);
+    assert_eq!(String::from_utf8_lossy(&connect.stdout).trim(), "err 1", "EPERM: {}", text(&connect));
+    denied.set_nonblocking(true).expect("nonblocking");
+    assert_eq!(denied.accept().map(|_| ()).unwrap_err().kind(), std::io::ErrorKind::WouldBlock, "no connection");
+
+    // Untagged, the same open works: only the agent is judged.
+    assert_eq!(std::fs::read_to_string(&secret).expect("read as untagged"), "LSM-SECRET-BYTES");
+}

@@ -156,3 +156,42 @@ fn unix_socket_rule() {
     assert_eq!(event_path(&event), denied);
     assert_ne!(event.flags & rtid_common::event_flags::UNIX_SOCKET, 0);
 }
+
+#[test]
+fn a_kill_rule_refuses_the_call_and_the_process_dies_before_it_returns() {
+    // The cgroup hooks refuse the call; SIGKILL is delivered at the syscall's
+    // exit (these hooks may not signal on 6.1 and 6.12), so the listener never
+    // sees a connection and the datagram never arrives.
+    let (listener, port) = listener_v4();
+    let receiver = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+    let udp_port = receiver.local_addr().unwrap().port();
+    let mut spec = IdentitySpec::new("netagent");
+    spec.defaults.network = Verdict::Allow;
+    spec.network = vec![
+        NetRuleSpec::cidr("kill-tcp", "127.0.0.1".parse().unwrap(), 32, vec![(port, port)], Verdict::Kill),
+        NetRuleSpec::cidr("kill-udp", "127.0.0.1".parse().unwrap(), 32, vec![(udp_port, udp_port)], Verdict::Kill),
+    ];
+    let mut harness = Harness::start(vec![spec]);
+
+    let tcp = harness.probe_as("netagent", &["connect", &format!("127.0.0.1:{port}")]);
+    assert!(tcp.killed(), "{tcp:?}");
+    assert_eq!(tcp.stdout, "", "killed before it could report the call's result");
+    let udp = harness.probe_as("netagent", &["sendto", &format!("127.0.0.1:{udp_port}")]);
+    assert!(udp.killed(), "{udp:?}");
+
+    // Both probes are dead, so nothing more can arrive: the effect is judged
+    // by what the peers hold now.
+    listener.set_nonblocking(true).expect("nonblocking listener");
+    assert_eq!(listener.accept().map(|_| ()).unwrap_err().kind(), std::io::ErrorKind::WouldBlock);
+    receiver.set_nonblocking(true).expect("nonblocking receiver");
+    let mut buffer = [0u8; 64];
+    assert_eq!(receiver.recv(&mut buffer).unwrap_err().kind(), std::io::ErrorKind::WouldBlock);
+
+    let rule = harness.rule_id("netagent", "kill-tcp");
+    let event =
+        harness.expect_event("killed connect", |e| is_net_event(e, tcp.pid, EventKind::Connect) && e.rule_id == rule);
+    assert_eq!(event.outcome, Outcome::Killed as u8);
+    let rule = harness.rule_id("netagent", "kill-udp");
+    let event = harness.expect_event("killed send", |e| is_net_event(e, udp.pid, EventKind::Send) && e.rule_id == rule);
+    assert_eq!(event.outcome, Outcome::Killed as u8);
+}

@@ -1,13 +1,15 @@
 //! `cargo xtask`: rtid's developer tasks.
 //!
 //! - `setup`: install the toolchains, packages and tools the build and tests need (idempotent).
-//! - `build`: build the `rtid` binary with its embedded eBPF object.
+//! - `build`: build the `rtid` binary with its embedded eBPF object (`--arch arm64`: cross build).
 //! - `test`: unit and integration tests on this host, then the BPF LSM suite in a VM.
-//! - `vm-test`: only the BPF LSM suite, inside qemu running Debian's kernel.
+//! - `vm-test`: only the VM suites, inside qemu running Debian's kernels.
 //! - `bench`: rtid's cost on opens, connects and fork+exec.
 
 mod bench;
 mod command;
+mod cross;
+mod kernels;
 mod setup;
 mod test;
 mod vm;
@@ -29,6 +31,9 @@ enum Task {
     Build {
         #[arg(long)]
         release: bool,
+        /// Build for this architecture (default: the host's); arm64 cross-builds with Debian's cross gcc.
+        #[arg(long, value_enum)]
+        arch: Option<kernels::Arch>,
     },
     /// Run every test, as root: host (unit + integration) and VM (BPF LSM backend).
     Test {
@@ -36,8 +41,17 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run only the BPF LSM test suite, inside a VM booting Debian's kernel.
+    /// Run only the VM suites: BPF LSM on each Debian kernel, the fallback with BPF LSM off.
     VmTest {
+        /// Only this kernel (a version from the list: 6.1, 6.12; for arm64: 6.1).
+        #[arg(long)]
+        kernel: Option<String>,
+        /// Only kernels of this architecture (default: amd64); arm64 runs in qemu-system-aarch64.
+        #[arg(long, value_enum)]
+        arch: Option<kernels::Arch>,
+        /// Only this suite (on every kernel, or on --kernel).
+        #[arg(long, value_enum)]
+        suite: Option<vm::Suite>,
         /// Passed to the suite inside the VM: test name filters, libtest flags.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -65,9 +79,14 @@ fn main() {
 fn run(task: Task) -> anyhow::Result<()> {
     match task {
         Task::Setup => setup::run(),
-        Task::Build { release } => command::build_rtid(release),
+        Task::Build { release, arch } => match arch.filter(|&arch| cross::is_cross(arch)) {
+            Some(arch) => cross::build_rtid(arch, release).map(|binary| println!("built {}", binary.display())),
+            None => command::build_rtid(release),
+        },
         Task::Test { args } => test::run(&args),
-        Task::VmTest { args } => vm::run(&args).map(drop),
+        Task::VmTest { kernel, arch, suite, args } => {
+            vm::run(&vm::select_passes(kernel.as_deref(), arch, suite)?, &args).map(drop)
+        }
         Task::Bench { vm, args } => bench::run(&args, vm),
     }
 }
@@ -77,6 +96,7 @@ mod tests {
     use clap::{CommandFactory, Parser};
 
     use super::{Cli, Task};
+    use crate::kernels::Arch;
 
     fn parse(args: &[&str]) -> Task {
         Cli::try_parse_from(std::iter::once("xtask").chain(args.iter().copied())).unwrap().task
@@ -93,6 +113,18 @@ mod tests {
         assert_eq!(args, ["--exact", "files::deny"]);
         let Task::Test { args } = parse(&["test", "network"]) else { panic!() };
         assert_eq!(args, ["network"]);
+    }
+
+    #[test]
+    fn build_and_vm_test_take_an_architecture() {
+        let Task::Build { arch, release } = parse(&["build", "--arch", "arm64"]) else { panic!() };
+        assert_eq!((arch, release), (Some(Arch::Arm64), false));
+        let Task::Build { arch, .. } = parse(&["build"]) else { panic!() };
+        assert_eq!(arch, None);
+        let Task::VmTest { arch, kernel, .. } = parse(&["vm-test", "--arch", "aarch64", "--kernel", "6.1"]) else {
+            panic!()
+        };
+        assert_eq!((arch, kernel.as_deref()), (Some(Arch::Arm64), Some("6.1")));
     }
 
     #[test]

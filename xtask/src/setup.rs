@@ -8,14 +8,16 @@ use std::{fs, path::Path, process::Command};
 
 use anyhow::{Context, bail};
 
-use crate::command::{EBPF_TOOLCHAIN, LLVM_BIN, RUST_TOOLCHAIN, build_path, checked, find_program, is_root, output};
+use crate::{
+    command::{EBPF_TOOLCHAIN, LLVM_BIN, RUST_TOOLCHAIN, build_path, checked, find_program, is_root, output},
+    cross,
+    kernels::{Arch, VM_KERNELS, VmKernel, busybox, cache_dir, ensure_busybox},
+};
 
 /// How to tell a package is there without dpkg (on a machine that is not Debian).
 enum Probe {
     Program(&'static str),
     File(&'static str),
-    /// A Debian kernel image in /boot, as the VM harness looks for it.
-    BootKernel,
 }
 
 impl Probe {
@@ -23,13 +25,12 @@ impl Probe {
         match self {
             Probe::Program(name) => format!("no `{name}` on PATH"),
             Probe::File(path) => format!("no {path}"),
-            Probe::BootKernel => "no /boot/vmlinuz-*-amd64".to_owned(),
         }
     }
 }
 
 /// Debian packages, each with what it is for and how to detect it without dpkg.
-const APT_PACKAGES: [(&str, Probe); 12] = [
+const APT_PACKAGES: [(&str, Probe); 15] = [
     // bpf-linker links against LLVM 22 (and its Polly library).
     ("llvm-22-dev", Probe::File("/usr/lib/llvm-22/bin/llvm-config")),
     ("libpolly-22-dev", Probe::File("/usr/lib/llvm-22/lib/libPolly.a")),
@@ -42,14 +43,23 @@ const APT_PACKAGES: [(&str, Probe); 12] = [
     ("qemu-system-x86", Probe::Program("qemu-system-x86_64")),
     ("busybox-static", Probe::File("/bin/busybox")),
     ("cpio", Probe::Program("cpio")),
-    ("linux-image-amd64", Probe::BootKernel),
+    // Stripping debug info from the test executables packed into the VM.
+    ("binutils", Probe::Program("objcopy")),
     // Network tests (and `ip link set lo up` in the VM).
     ("iproute2", Probe::Program("ip")),
     ("python3", Probe::Program("python3")),
     // Event-stream tests: a real NATS JetStream server, and promtool to check /metrics.
     ("nats-server", Probe::Program("nats-server")),
     ("prometheus", Probe::Program("promtool")),
+    // The arm64 build (cross.rs): Debian's cross linker and the target's glibc;
+    // and qemu-system-aarch64 for the arm64 VM pass.
+    ("gcc-aarch64-linux-gnu", Probe::Program("aarch64-linux-gnu-gcc")),
+    ("libc6-dev-arm64-cross", Probe::File("/usr/aarch64-linux-gnu/lib/libc.so")),
+    ("qemu-system-arm", Probe::Program("qemu-system-aarch64")),
 ];
+
+/// Rust targets the pinned toolchain must have besides the host's: (toolchain, target).
+const RUST_TARGETS: [(&str, &str); 1] = [(RUST_TOOLCHAIN, "aarch64-unknown-linux-gnu")];
 
 /// Kernel filesystems the programs and tests use: (fstype, mount point).
 const MOUNTS: [(&str, &str); 3] =
@@ -96,8 +106,22 @@ impl Report {
 pub fn run() -> anyhow::Result<()> {
     let mut report = Report::default();
     toolchains(&mut report);
+    for (toolchain, target) in RUST_TARGETS {
+        report.record(&format!("rust target {target} ({toolchain})"), rust_target(toolchain, target));
+    }
     apt_packages(&mut report);
     report.record("bpf-linker (llvm-22)", bpf_linker());
+    for kernel in VM_KERNELS {
+        let item = format!("VM kernel Linux {} ({})", kernel.version, kernel.arch.debian());
+        report.record(&item, vm_kernel(&kernel));
+    }
+    // Guests of another architecture need its busybox (the host's is for the host).
+    let mut foreign: Vec<Arch> =
+        VM_KERNELS.iter().map(|kernel| kernel.arch).filter(|&arch| cross::is_cross(arch)).collect();
+    foreign.dedup();
+    for arch in foreign {
+        report.record(&format!("VM busybox-static ({})", arch.debian()), vm_busybox(arch));
+    }
     for (package, module) in PYTHON_PACKAGES {
         report.record(&format!("python package {package}"), python_package(package, module));
     }
@@ -125,6 +149,22 @@ fn toolchains(report: &mut Report) {
     for (name, components) in wanted {
         report.record(&toolchain_item(name, components), toolchain(&installed, name, components));
     }
+}
+
+/// A rustup target (the standard library for another architecture) of `toolchain`.
+fn rust_target(toolchain: &str, target: &str) -> anyhow::Result<Status> {
+    let Some(installed) =
+        output(Command::new("rustup").args(["target", "list", "--installed", "--toolchain", toolchain]))
+    else {
+        return Ok(Status::Missing(format!(
+            "`rustup target list --toolchain {toolchain}` failed: is {toolchain} installed?"
+        )));
+    };
+    if installed.lines().any(|line| line.trim() == target) {
+        return Ok(Status::Ok);
+    }
+    checked(Command::new("rustup").args(["target", "add", "--toolchain", toolchain, target]))?;
+    Ok(Status::Installed)
 }
 
 fn toolchain_item(name: &str, components: &[&str]) -> String {
@@ -210,13 +250,6 @@ fn probe_finds(probe: &Probe) -> bool {
     match probe {
         Probe::Program(name) => find_program(name).is_some(),
         Probe::File(path) => Path::new(path).exists(),
-        Probe::BootKernel => fs::read_dir("/boot").is_ok_and(|entries| {
-            entries.filter_map(Result::ok).any(|entry| {
-                let name = entry.file_name();
-                let name = name.to_string_lossy();
-                name.starts_with("vmlinuz-") && name.ends_with("-amd64")
-            })
-        }),
     }
 }
 
@@ -274,6 +307,26 @@ fn bpf_linker() -> anyhow::Result<Status> {
         bail!("cargo install finished but `bpf-linker --version` still fails");
     }
     Ok(Status::Installed)
+}
+
+// ---- VM kernels ----
+
+fn vm_kernel(kernel: &VmKernel) -> anyhow::Result<Status> {
+    if find_program("apt-get").is_none() && kernel.image().is_err() {
+        return Ok(Status::Missing(format!("fetching it needs apt-get; or unpack it into {}", cache_dir().display())));
+    }
+    Ok(if kernel.ensure()? { Status::Installed } else { Status::Ok })
+}
+
+fn vm_busybox(arch: Arch) -> anyhow::Result<Status> {
+    if find_program("apt-get").is_none() && busybox(arch).is_err() {
+        return Ok(Status::Missing(format!(
+            "fetching it needs apt-get; or unpack Debian's busybox-static for {} into {}",
+            arch.debian(),
+            cache_dir().display()
+        )));
+    }
+    Ok(if ensure_busybox(arch)? { Status::Installed } else { Status::Ok })
 }
 
 // ---- kernel filesystems ----

@@ -1,6 +1,7 @@
 //! `cargo xtask test`: every test, for real. On this host: unit tests and the
-//! integration tests of rtid-tests (tracepoints, cgroup socket hooks). Then, in a
-//! VM booting a kernel where BPF LSM works, the LSM suite (see vm.rs).
+//! integration tests of rtid-tests (tracepoints, cgroup socket hooks). Then the
+//! arm64 cross build of rtid (see cross.rs). Then, in a VM booting a kernel
+//! where BPF LSM works, the LSM suite (see vm.rs).
 
 use std::{
     io::{BufRead, BufReader},
@@ -11,6 +12,8 @@ use anyhow::{Context, bail};
 
 use crate::{
     command::{cargo, checked, require_root},
+    cross,
+    kernels::Arch,
     setup, vm,
 };
 
@@ -78,17 +81,33 @@ impl Tally {
     }
 }
 
+/// The host kernel's release, for the report.
+fn host_kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or_else(|_| "kernel".into(), |release| release.trim().to_owned())
+}
+
 /// `extra` (test name filters, libtest flags) goes to both runs.
 pub fn run(extra: &[String]) -> anyhow::Result<()> {
     require_root("cargo xtask test")?;
     setup::ensure_mounts()?;
     println!("== host: unit and integration tests ==");
     let host = host_tests(extra)?;
-    println!("== VM: BPF LSM suite ==");
-    let in_vm = vm::run(extra)?;
-    // The VM suite is the host's ignored test, run for real: count it as passed there.
-    let ignored = host.ignored.saturating_sub(in_vm);
-    println!("tests: {} passed, {} failed, {} skipped", host.passed + in_vm, host.failed, ignored);
+    println!("== arm64: cross build of rtid ==");
+    cross::build_rtid(Arch::Arm64, false).context("arm64 build failed")?;
+    println!("arm64 build: ok");
+    println!("== VMs: BPF LSM suite on each kernel, fallback suite with BPF LSM off ==");
+    let passes = vm::run(&vm::default_passes(), extra)?;
+    println!("host {}: {} passed", host_kernel(), host.passed);
+    println!("arm64 build: ok");
+    for (pass, passed) in &passes {
+        println!("{}: {passed} passed", pass.name());
+    }
+    // The LSM suite is the host's ignored test, run for real in each LSM pass.
+    let lsm_on_host = passes.iter().find(|(pass, _)| pass.suite == vm::Suite::Lsm).map_or(0, |(_, passed)| *passed);
+    let ignored = host.ignored.saturating_sub(lsm_on_host);
+    let in_vms: u64 = passes.iter().map(|(_, passed)| passed).sum();
+    println!("tests: {} passed, {} failed, {} skipped", host.passed + in_vms, host.failed, ignored);
     Ok(())
 }
 

@@ -1,10 +1,13 @@
-//! `cargo xtask vm-test`: the BPF LSM suite, run for real inside a VM.
+//! `cargo xtask vm-test`: rtid's kernel suites, run for real inside VMs.
 //!
-//! This host refuses LSM programs, so the suite boots Debian's kernel (where
-//! BPF LSM is active) under qemu with software emulation. The initramfs holds
-//! busybox, the test executable and the probe with their shared libraries, and
-//! an /init that mounts the kernel filesystems, runs the suite and reports its
-//! exit status on the serial console, which is streamed here as it runs.
+//! This host refuses LSM programs and runs one kernel, so the suites also boot
+//! Debian's kernels (see kernels.rs) under qemu with software emulation: the
+//! BPF LSM suite on every kernel in the list, and the fallback suite (the
+//! host's kernel-facing integration tests) on the oldest kernel booted with
+//! BPF LSM left out of `lsm=`. The initramfs holds busybox, the test
+//! executables, the probe and the rtid binary with their shared libraries, and
+//! an /init that mounts the kernel filesystems, runs the suites and reports
+//! their exit status on the serial console, which is streamed here as it runs.
 
 use std::{
     collections::BTreeSet,
@@ -19,17 +22,21 @@ use std::{
 
 use anyhow::{Context, bail};
 
-use crate::command::{cargo, checked, output, target_dir};
+use crate::{
+    command::{cargo, checked, output, target_dir},
+    cross,
+    kernels::{Arch, VM_KERNELS, VmKernel, busybox},
+};
 
 /// Marker the guest prints with the suite's exit status.
 const EXIT_MARKER: &str = "RTID-VM-EXIT=";
 /// The whole VM run, boot included; TCG runs code 10 to 50 times slower.
 const VM_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
-/// Builds the named integration test target and returns its executable.
-fn build_test_executable(target: &str) -> anyhow::Result<PathBuf> {
-    let out = cargo()
-        .args(["test", "-p", "rtid-tests", "--test", target, "--no-run", "--message-format=json"])
+/// Builds the named integration test target for `arch` and returns its executable.
+fn build_test_executable(target: &str, arch: Arch) -> anyhow::Result<PathBuf> {
+    let out = cross::cargo(arch, "test")
+        .args(["-p", "rtid-tests", "--test", target, "--no-run", "--message-format=json"])
         .stderr(Stdio::inherit())
         .output()
         .context("building the test executable")?;
@@ -50,23 +57,12 @@ fn build_test_executable(target: &str) -> anyhow::Result<PathBuf> {
     bail!("no executable for test target {target} in cargo's output")
 }
 
-/// Debian's kernel with BPF LSM, newest first.
-fn find_kernel() -> anyhow::Result<PathBuf> {
-    let mut kernels: Vec<PathBuf> = fs::read_dir("/boot")
-        .context("reading /boot")?
-        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-        .filter(|path| {
-            path.file_name()
-                .and_then(|name| name.to_str())
-                .is_some_and(|name| name.starts_with("vmlinuz-") && name.ends_with("-amd64"))
-        })
-        .collect();
-    kernels.sort();
-    kernels.pop().context("no /boot/vmlinuz-*-amd64: run `cargo xtask setup` (installs linux-image-amd64)")
-}
-
-/// Shared libraries an executable needs, from ldd.
-fn shared_libraries(executable: &Path) -> anyhow::Result<BTreeSet<PathBuf>> {
+/// Shared libraries an executable needs, as (file here, path in the guest):
+/// from ldd for the host's architecture, from its dynamic section for another.
+fn shared_libraries(arch: Arch, executable: &Path) -> anyhow::Result<BTreeSet<(PathBuf, String)>> {
+    if cross::is_cross(arch) {
+        return cross::guest_libraries(arch, executable);
+    }
     let listing = output(Command::new("ldd").arg(executable)).unwrap_or_default();
     let mut libraries = BTreeSet::new();
     for line in listing.lines() {
@@ -75,7 +71,7 @@ fn shared_libraries(executable: &Path) -> anyhow::Result<BTreeSet<PathBuf>> {
             None => line.split_whitespace().next(),
         };
         if let Some(path) = candidate.filter(|path| path.starts_with('/')) {
-            libraries.insert(PathBuf::from(path));
+            libraries.insert((PathBuf::from(path), path.to_owned()));
         }
     }
     Ok(libraries)
@@ -101,14 +97,15 @@ fn profile_dir(executable: &Path) -> anyhow::Result<&Path> {
     Ok(if parent.ends_with("deps") { parent.parent().context("deps/ without a parent")? } else { parent })
 }
 
-/// The guest's /init: mounts what the programs need, runs `command` (whose
-/// executable is /rtid/run), and prints its exit status after EXIT_MARKER.
-fn init_script(command: &str) -> String {
+/// The guest's /init: mounts what the programs need, runs each of `commands`
+/// (executables under /rtid), and prints whether all passed after EXIT_MARKER.
+fn init_script(commands: &[String]) -> String {
+    let commands: String = commands.iter().map(|command| format!("{command} || status=1\n")).collect();
     format!(
         r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin:/sbin
-mkdir -p /proc /sys /dev /tmp /run
+mkdir -p /proc /sys /dev /tmp /run /root
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
@@ -119,9 +116,9 @@ mkdir -p /sys/fs/cgroup
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 ip link set lo up
 echo "kernel: $(uname -r); active LSMs: $(cat /sys/kernel/security/lsm)"
-export RTID_PROBE=/rtid/rtid-probe RTID_IN_VM=1 RUST_BACKTRACE=1
-{command}
-echo "{EXIT_MARKER}$?"
+export HOME=/root RTID_PROBE=/rtid/rtid-probe RTID_BINARY=/rtid/rtid RTID_IN_VM=1 RUST_BACKTRACE=1
+status=0
+{commands}echo "{EXIT_MARKER}$status"
 poweroff -f
 "#
     )
@@ -133,22 +130,31 @@ fn pack(root: &Path, archive: &Path) -> anyhow::Result<()> {
     checked(Command::new("sh").args(["-c", &script]))
 }
 
-/// Builds an initramfs holding busybox, `executable` (as /rtid/run) and the
-/// probe the tests spawn, with their shared libraries, whose /init runs `command`.
-fn build_initramfs(executable: &Path, probe: &Path, command: &str) -> anyhow::Result<PathBuf> {
+/// Builds an initramfs for an `arch` guest holding busybox and `executables`
+/// (name in /rtid, path here) with their shared libraries, whose /init runs `commands`.
+fn build_initramfs(arch: Arch, executables: &[(String, PathBuf)], commands: &[String]) -> anyhow::Result<PathBuf> {
     let work = target_dir().join("vm");
     let root = work.join("root");
     let _ = fs::remove_dir_all(&root);
     fs::create_dir_all(root.join("bin"))?;
-    copy_into(&root, Path::new("/bin/busybox"), "/bin/busybox")?;
-    copy_into(&root, executable, "/rtid/run")?;
-    copy_into(&root, probe, "/rtid/rtid-probe")?;
-    let mut libraries = shared_libraries(executable)?;
-    libraries.extend(shared_libraries(probe)?);
-    for library in libraries {
-        copy_into(&root, &library, &library.display().to_string())?;
+    copy_into(&root, &busybox(arch)?, "/bin/busybox")?;
+    let mut libraries = BTreeSet::new();
+    for (name, executable) in executables {
+        let destination = format!("/rtid/{name}");
+        copy_into(&root, executable, &destination)?;
+        // Debug builds carry hundreds of MiB of DWARF the guest does not need
+        // in RAM; symbols stay for backtraces.
+        checked(
+            Command::new(cross::binutil(arch, "objcopy"))
+                .arg("--strip-debug")
+                .arg(root.join(destination.trim_start_matches('/'))),
+        )?;
+        libraries.extend(shared_libraries(arch, executable)?);
     }
-    fs::write(root.join("init"), init_script(command))?;
+    for (library, destination) in libraries {
+        copy_into(&root, &library, &destination)?;
+    }
+    fs::write(root.join("init"), init_script(commands))?;
     fs::set_permissions(root.join("init"), fs::Permissions::from_mode(0o755))?;
     let archive = work.join("initramfs.cpio");
     pack(&root, &archive)?;
@@ -157,19 +163,21 @@ fn build_initramfs(executable: &Path, probe: &Path, command: &str) -> anyhow::Re
 
 /// Boots the kernel with `initramfs`, streams the console, returns the suite's exit status.
 /// Returns the suite's exit status and how many tests it reported passed.
-fn boot(kernel: &Path, initramfs: &Path) -> anyhow::Result<(i32, u32)> {
-    let mut qemu = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-m", "2048", "-smp", "1", "-nographic", "-no-reboot"])
+fn boot(arch: Arch, kernel: &Path, initramfs: &Path, extra_cmdline: &str) -> anyhow::Result<(i32, u32)> {
+    let mut qemu = Command::new(arch.qemu())
+        .args(arch.qemu_machine())
+        .args(["-m", "3072", "-smp", "1", "-nographic", "-no-reboot"])
         .arg("-kernel")
         .arg(kernel)
         .arg("-initrd")
         .arg(initramfs)
-        .args(["-append", "console=ttyS0 quiet panic=-1 rdinit=/init"])
+        .arg("-append")
+        .arg(format!("console={} quiet panic=-1 rdinit=/init {extra_cmdline}", arch.console()).trim_end())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .context("starting qemu-system-x86_64 (run `cargo xtask setup`)")?;
+        .with_context(|| format!("starting {} (run `cargo xtask setup`)", arch.qemu()))?;
     let stdout = qemu.stdout.take().context("qemu stdout")?;
     let (lines_tx, lines_rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -207,42 +215,191 @@ fn boot(kernel: &Path, initramfs: &Path) -> anyhow::Result<(i32, u32)> {
     Ok((status, passed))
 }
 
-/// Runs the LSM suite in the VM; `args` (test name filters, libtest flags) go to the suite.
-/// Returns how many tests passed in the VM.
-pub fn run(args: &[String]) -> anyhow::Result<u64> {
-    let suite = build_test_executable("lsm")?;
-    let probe = profile_dir(&suite)?.join("rtid-probe");
-    let kernel = find_kernel()?;
-    println!("vm-test: booting {} with {}", kernel.display(), suite.display());
-    // The suite's tests are #[ignore]d on the host (they need BPF LSM); here they run.
-    let command = format!("/rtid/run --ignored --test-threads=1 --nocapture {}", shell_words(args));
-    let initramfs = build_initramfs(&suite, &probe, &command)?;
-    let (status, passed) = boot(&kernel, &initramfs)?;
-    if status != 0 {
-        bail!("the BPF LSM suite failed in the VM (exit status {status})");
-    }
-    if passed == 0 {
-        // Unfiltered, no test run means the suite did not really run: fail.
-        // Filtered (e.g. `cargo xtask test -- files`), the filter may name only host tests.
-        if args.is_empty() {
-            bail!("the BPF LSM suite ran no test in the VM");
+/// Which backend a VM pass proves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Suite {
+    /// BPF LSM active (the kernel's default LSM list includes it): tests/tests/lsm.rs.
+    Lsm,
+    /// Booted with BPF LSM left out of `lsm=`: the host's kernel-facing suites,
+    /// on the tracepoint and cgroup backends.
+    Fallback,
+}
+
+impl Suite {
+    fn name(self) -> &'static str {
+        match self {
+            Suite::Lsm => "lsm",
+            Suite::Fallback => "fallback",
         }
-        println!("vm-test: no BPF LSM test matches {args:?}");
-        return Ok(0);
     }
-    println!("vm-test: the BPF LSM suite passed in the VM");
+
+    /// Kernel command line: the fallback pass names every LSM Debian enables except bpf.
+    fn cmdline(self) -> &'static str {
+        match self {
+            Suite::Lsm => "",
+            Suite::Fallback => "lsm=landlock,lockdown,yama,apparmor",
+        }
+    }
+
+    /// Integration test targets this pass runs.
+    fn targets(self) -> &'static [&'static str] {
+        match self {
+            Suite::Lsm => &["lsm"],
+            Suite::Fallback => &FALLBACK_TARGETS,
+        }
+    }
+}
+
+/// The host suites that exercise the kernel backends without outside peers
+/// (NATS, promtool, python) and without timing assumptions emulation breaks.
+const FALLBACK_TARGETS: [&str; 6] = ["files", "network", "exec", "identity", "ring", "daemon"];
+
+/// One VM boot: a kernel and the suite it runs.
+#[derive(Clone, Copy, Debug)]
+pub struct VmPass {
+    pub kernel: VmKernel,
+    pub suite: Suite,
+}
+
+impl VmPass {
+    pub fn name(&self) -> String {
+        format!("vm {} {}", self.kernel.name(), self.suite.name())
+    }
+}
+
+/// The passes for the kernels of `arch`: the LSM suite on every one where BPF
+/// LSM attaches, the fallback suite on the oldest (the host's own kernel
+/// covers the newest).
+fn passes_for(arch: Arch) -> Vec<VmPass> {
+    let kernels = VM_KERNELS.iter().copied().filter(|kernel| kernel.arch == arch);
+    let mut passes: Vec<VmPass> =
+        kernels.clone().filter(|kernel| kernel.bpf_lsm).map(|kernel| VmPass { kernel, suite: Suite::Lsm }).collect();
+    passes.extend(kernels.take(1).map(|kernel| VmPass { kernel, suite: Suite::Fallback }));
+    passes
+}
+
+/// What `cargo xtask test` runs: the x86_64 kernels' passes. The arm64 ones
+/// run with `vm-test --arch arm64`.
+pub fn default_passes() -> Vec<VmPass> {
+    passes_for(Arch::X86_64)
+}
+
+/// The passes a `vm-test` selection names among the kernels of `arch` (amd64
+/// by default): all of [`passes_for`] it by default.
+pub fn select_passes(kernel: Option<&str>, arch: Option<Arch>, suite: Option<Suite>) -> anyhow::Result<Vec<VmPass>> {
+    let arch = arch.unwrap_or(Arch::X86_64);
+    let kernels: Vec<VmKernel> = VM_KERNELS.iter().copied().filter(|known| known.arch == arch).collect();
+    let Some(named) = kernels.iter().find(|known| kernel.is_none_or(|wanted| known.version == wanted)) else {
+        let known: Vec<&str> = kernels.iter().map(|known| known.version).collect();
+        bail!("no {} VM kernel {:?}; known: {}", arch.debian(), kernel.unwrap_or_default(), known.join(", "));
+    };
+    if kernel.is_some() && suite == Some(Suite::Lsm) && !named.bpf_lsm {
+        bail!("BPF LSM programs do not attach on Linux {} (see kernels.rs): try --suite fallback", named.name());
+    }
+    let mut passes: Vec<VmPass> = match suite {
+        // Asked for explicitly, a suite runs on every kernel named (the LSM suite where it can).
+        Some(suite) => kernels
+            .iter()
+            .filter(|known| suite != Suite::Lsm || known.bpf_lsm)
+            .map(|&kernel| VmPass { kernel, suite })
+            .collect(),
+        None => passes_for(arch),
+    };
+    passes.retain(|pass| kernel.is_none_or(|wanted| pass.kernel.version == wanted));
+    Ok(passes)
+}
+
+/// Builds the test executables, the probe and the rtid binary for `suite`, for `arch`.
+fn suite_executables(suite: Suite, arch: Arch) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    checked(cross::cargo(arch, "build").args([
+        "-p",
+        "rtid-userspace",
+        "--bin",
+        "rtid",
+        "-p",
+        "rtid-tests",
+        "--bin",
+        "rtid-probe",
+    ]))
+    .context("building rtid and rtid-probe")?;
+    let mut executables = Vec::new();
+    for target in suite.targets() {
+        executables.push((format!("tests/{target}"), build_test_executable(target, arch)?));
+    }
+    let profile = profile_dir(&executables[0].1)?.to_path_buf();
+    executables.push(("rtid-probe".into(), profile.join("rtid-probe")));
+    executables.push(("rtid".into(), profile.join("rtid")));
+    Ok(executables)
+}
+
+/// Runs one pass; `args` (test name filters, libtest flags) go to its suites.
+/// Returns how many tests passed.
+pub fn run_pass(pass: &VmPass, args: &[String]) -> anyhow::Result<u64> {
+    let kernel = pass.kernel.image()?;
+    let arch = pass.kernel.arch;
+    let executables = suite_executables(pass.suite, arch)?;
+    let commands: Vec<String> = pass
+        .suite
+        .targets()
+        .iter()
+        .map(|target| {
+            // The LSM suite is #[ignore]d on the host (it needs BPF LSM); here it runs.
+            let ignored = if pass.suite == Suite::Lsm { "--ignored " } else { "" };
+            format!("/rtid/tests/{target} {ignored}--test-threads=1 --nocapture {}", shell_words(args))
+        })
+        .collect();
+    println!("{}: booting {}", pass.name(), kernel.display());
+    let started = Instant::now();
+    let initramfs = build_initramfs(arch, &executables, &commands)?;
+    let (status, passed) = boot(arch, &kernel, &initramfs, pass.suite.cmdline())?;
+    println!("{}: the VM ran for {:.0?}", pass.name(), started.elapsed());
+    if status != 0 {
+        bail!("{}: failed (see the console above)", pass.name());
+    }
+    if passed == 0 && args.is_empty() {
+        // Unfiltered, no test run means the suite did not really run.
+        bail!("{}: ran no test", pass.name());
+    }
     Ok(u64::from(passed))
 }
 
-/// Runs rtid-bench inside the VM with `args` (emulated: compare ratios, not
-/// times; the guest sets RTID_IN_VM=1 so the benchmark can say so or scale down).
+/// Runs `passes` one after another, each reported by name; fails if any fails.
+/// Returns how many tests passed in each.
+pub fn run(passes: &[VmPass], args: &[String]) -> anyhow::Result<Vec<(VmPass, u64)>> {
+    let mut results = Vec::new();
+    for pass in passes {
+        let result = run_pass(pass, args);
+        match &result {
+            Ok(passed) => println!("{}: {passed} passed", pass.name()),
+            Err(error) => println!("{}: FAILED: {error:#}", pass.name()),
+        }
+        results.push((pass.name(), result));
+    }
+    for (name, result) in &results {
+        match result {
+            Ok(passed) => println!("{name}: {passed} passed"),
+            Err(_) => println!("{name}: FAILED"),
+        }
+    }
+    let failed: Vec<&str> =
+        results.iter().filter(|(_, result)| result.is_err()).map(|(name, _)| name.as_str()).collect();
+    if !failed.is_empty() {
+        bail!("VM passes failed: {}", failed.join(", "));
+    }
+    Ok(passes.iter().zip(results).map(|(pass, (_, result))| (*pass, result.unwrap_or(0))).collect())
+}
+
+/// Runs rtid-bench inside the VM on the oldest kernel with `args` (emulated:
+/// compare ratios, not times; the guest sets RTID_IN_VM=1 so the benchmark
+/// can say so or scale down).
 pub fn bench(args: &[String]) -> anyhow::Result<()> {
     checked(cargo().args(["build", "--release", "-p", "rtid-tests", "--bin", "rtid-bench", "--bin", "rtid-probe"]))?;
     let release = target_dir().join("release");
-    let kernel = find_kernel()?;
-    let command = format!("/rtid/run {}", shell_words(args));
-    let initramfs = build_initramfs(&release.join("rtid-bench"), &release.join("rtid-probe"), &command)?;
-    let (status, _) = boot(&kernel, &initramfs)?;
+    let (arch, kernel) = (VM_KERNELS[0].arch, VM_KERNELS[0].image()?);
+    let executables =
+        [("bench".to_owned(), release.join("rtid-bench")), ("rtid-probe".to_owned(), release.join("rtid-probe"))];
+    let initramfs = build_initramfs(arch, &executables, &[format!("/rtid/bench {}", shell_words(args))])?;
+    let (status, _) = boot(arch, &kernel, &initramfs, "")?;
     if status != 0 {
         bail!("the benchmark failed in the VM (exit status {status})");
     }
@@ -253,12 +410,30 @@ pub fn bench(args: &[String]) -> anyhow::Result<()> {
 mod tests {
     use std::path::Path;
 
-    use super::{profile_dir, shell_words};
+    use super::{Suite, profile_dir, select_passes, shell_words};
+    use crate::kernels::Arch;
 
     #[test]
     fn arguments_reach_the_guest_shell_verbatim() {
         let args = ["--exact".to_owned(), "it's here".to_owned()];
         assert_eq!(shell_words(&args), r"'--exact' 'it'\''s here'");
+    }
+
+    #[test]
+    fn passes_are_selected_by_architecture() {
+        let names = |passes: Vec<super::VmPass>| passes.iter().map(super::VmPass::name).collect::<Vec<_>>();
+        let select = |kernel, arch, suite| names(select_passes(kernel, arch, suite).unwrap());
+        assert_eq!(names(super::default_passes()), ["vm 6.1 lsm", "vm 6.12 lsm", "vm 6.1 fallback"]);
+        assert_eq!(select(None, None, None), names(super::default_passes()));
+        assert_eq!(select(Some("6.1"), None, None), ["vm 6.1 lsm", "vm 6.1 fallback"]);
+        // arm64 6.1 cannot attach LSM programs: its LSM suite is left out, or refused when named.
+        assert_eq!(select(None, Some(Arch::Arm64), None), ["vm 6.12 arm64 lsm", "vm 6.1 arm64 fallback"]);
+        assert_eq!(select(None, Some(Arch::Arm64), Some(Suite::Lsm)), ["vm 6.12 arm64 lsm"]);
+        assert_eq!(select(Some("6.12"), Some(Arch::Arm64), Some(Suite::Lsm)), ["vm 6.12 arm64 lsm"]);
+        assert_eq!(select(Some("6.1"), Some(Arch::Arm64), Some(Suite::Fallback)), ["vm 6.1 arm64 fallback"]);
+        let refused = select_passes(Some("6.1"), Some(Arch::Arm64), Some(Suite::Lsm)).unwrap_err();
+        assert!(refused.to_string().contains("do not attach on Linux 6.1 arm64"), "{refused}");
+        assert!(select_passes(Some("5.10"), Some(Arch::Arm64), None).is_err());
     }
 
     #[test]

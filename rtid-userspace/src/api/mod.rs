@@ -119,6 +119,9 @@ pub enum Response {
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct StatusReport {
+    /// The kernel release, its BTF, and the actions that fall back from BPF LSM, with why.
+    #[serde(default)]
+    pub kernel: crate::loader::compat::KernelReport,
     pub backends: Backends,
     pub lsm_note: Option<String>,
     pub policy_generation: u32,
@@ -144,11 +147,16 @@ pub struct StatusReport {
     pub events_suppressed: u64,
 }
 
+/// Which backend enforces each kind of action (`lsm`, `tracepoint`, `cgroup_sock`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Backends {
-    pub file: String,
-    pub network: String,
-    pub exec: String,
+    pub file: rtid_common::Backend,
+    pub network: rtid_common::Backend,
+    pub exec: rtid_common::Backend,
+    /// AF_UNIX connects and sends.
+    pub unix: rtid_common::Backend,
+    /// Self-protection: agents' bpf() calls.
+    pub protect: rtid_common::Backend,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

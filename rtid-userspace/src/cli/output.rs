@@ -20,10 +20,15 @@ pub fn print(response: &Response, json: bool) -> ExitCode {
             return ExitCode::from(1);
         }
         Response::Status(status) => {
+            let kernel = &status.kernel;
             let rows = [
-                ("backend: file", status.backends.file.clone()),
-                ("backend: network", status.backends.network.clone()),
-                ("backend: exec", status.backends.exec.clone()),
+                ("kernel", kernel.release.clone()),
+                ("btf", format!("{} ({} bytes)", kernel.btf.path.display(), kernel.btf.size)),
+                ("backend: file", status.backends.file.name().into()),
+                ("backend: exec", status.backends.exec.name().into()),
+                ("backend: network", status.backends.network.name().into()),
+                ("backend: unix sockets", status.backends.unix.name().into()),
+                ("backend: bpf()", status.backends.protect.name().into()),
                 ("lsm", status.lsm_note.clone().unwrap_or_else(|| "in use".into())),
                 ("policy generation", status.policy_generation.to_string()),
                 ("policy sources", status.policy_sources.join(", ")),
@@ -41,6 +46,16 @@ pub fn print(response: &Response, json: bool) -> ExitCode {
             let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
             for (name, value) in rows {
                 println!("{name:width$}  {value}");
+            }
+            if !kernel.fallbacks.is_empty() {
+                println!();
+                println!("{:<14} {:<12} WHY", "FALLBACK", "BACKEND");
+                for fallback in &kernel.fallbacks {
+                    println!("{:<14} {:<12} {}", fallback.action.describe(), fallback.backend.name(), fallback.reason);
+                }
+            }
+            for skipped in &kernel.skipped_tracepoints {
+                println!("tracepoint syscalls/{} not attached: {}", skipped.tracepoint, skipped.reason);
             }
             println!();
             println!("{:<20} {:>8} {:>8}", "MAP", "ENTRIES", "CAPACITY");

@@ -291,13 +291,24 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     let derived = restore_saved(&saved, &policy, &mut ledger);
     install(&mut kernel, &policy, &derived, ledger.live(), &options.endpoints())?;
     let backends = kernel.backends();
+    let report = kernel.kernel_report();
     info!(
+        kernel = %report.release,
+        btf = %report.btf.path.display(),
         file = backends.file.name(),
         network = backends.network.name(),
         exec = backends.exec.name(),
+        unix = backends.unix.name(),
+        bpf = backends.protect.name(),
         lsm_note = kernel.lsm_note().unwrap_or(""),
         "programs attached"
     );
+    for fallback in &report.fallbacks {
+        info!(action = fallback.action.describe(), backend = fallback.backend.name(), reason = %fallback.reason, "fallback");
+    }
+    for skipped in &report.skipped_tracepoints {
+        info!(tracepoint = %skipped.tracepoint, reason = %skipped.reason, "tracepoint skipped");
+    }
     let reader = kernel.take_events().context("event ring")?;
     std::fs::create_dir_all(&options.state_dir).with_context(|| format!("creating {}", options.state_dir.display()))?;
     let socket = options.socket.clone();

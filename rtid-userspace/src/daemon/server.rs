@@ -384,10 +384,13 @@ fn status(daemon: &super::Daemon) -> Response {
     let counters = daemon.kernel.counters().unwrap_or_default();
     let backends = daemon.kernel.backends();
     Response::Status(StatusReport {
+        kernel: daemon.kernel.kernel_report().clone(),
         backends: Backends {
-            file: backends.file.name().into(),
-            network: backends.network.name().into(),
-            exec: backends.exec.name().into(),
+            file: backends.file,
+            network: backends.network,
+            exec: backends.exec,
+            unix: backends.unix,
+            protect: backends.protect,
         },
         lsm_note: daemon.kernel.lsm_note().map(str::to_string),
         policy_generation: daemon.kernel.generation().unwrap_or(0),

@@ -25,6 +25,8 @@ pub enum OffsetError {
     MissingMember { structure: String, member: String },
     #[error("member {member} of struct {structure} is a bitfield or not byte-aligned")]
     NotByteAligned { structure: String, member: String },
+    #[error("LSM hook {hook} has a layout rtid does not know: {problem}")]
+    LsmHookLayout { hook: &'static str, problem: String },
     #[error("kernel BTF is malformed around member {member} of struct {structure}: {source}")]
     Malformed { structure: String, member: String, source: btf_rs::Error },
 }
@@ -81,6 +83,98 @@ fn offsets(btf: &Btf) -> Result<KernelOffsets, OffsetError> {
         msghdr_msg_namelen: at("msghdr", "msg_namelen")?,
         valid: 1,
     })
+}
+
+/// What an LSM program assumes about its hook: the leading arguments it reads,
+/// as the struct each points to (`None` for a scalar).
+pub struct LsmHookLayout {
+    pub hook: &'static str,
+    pub leading: &'static [Option<&'static str>],
+}
+
+pub const LSM_FILE_OPEN: LsmHookLayout = LsmHookLayout { hook: "file_open", leading: &[Some("file")] };
+pub const LSM_BPRM_CHECK_SECURITY: LsmHookLayout =
+    LsmHookLayout { hook: "bprm_check_security", leading: &[Some("linux_binprm")] };
+pub const LSM_SOCKET_CONNECT: LsmHookLayout =
+    LsmHookLayout { hook: "socket_connect", leading: &[Some("socket"), Some("sockaddr"), None] };
+pub const LSM_SOCKET_SENDMSG: LsmHookLayout =
+    LsmHookLayout { hook: "socket_sendmsg", leading: &[Some("socket"), Some("msghdr"), None] };
+/// The programs read no argument of `bpf`, only the verdict after them.
+pub const LSM_BPF: LsmHookLayout = LsmHookLayout { hook: "bpf", leading: &[] };
+
+/// How many arguments a BPF LSM hook takes in the running kernel, from its
+/// `bpf_lsm_<hook>` prototype in BTF: the previous LSM's verdict follows them.
+/// `Ok(None)` where the kernel has no such function (built without BPF LSM);
+/// an error where the leading arguments differ from what the program reads,
+/// so no program ever misreads a pointer.
+///
+/// # Errors
+/// When the prototype is unreadable or its leading arguments differ.
+pub fn lsm_hook_argument_count(btf: &Btf, layout: &LsmHookLayout) -> Result<Option<u32>, OffsetError> {
+    argument_count(btf, layout)
+}
+
+/// The running kernel's BTF, parsed once for several look-ups.
+///
+/// # Errors
+/// When [`RUNNING_KERNEL_BTF`] cannot be read as BTF.
+pub fn running_kernel_btf() -> Result<Btf, OffsetError> {
+    Btf::from_file(RUNNING_KERNEL_BTF)
+        .map_err(|source| OffsetError::Read { path: PathBuf::from(RUNNING_KERNEL_BTF), source })
+}
+
+fn argument_count(btf: &Btf, layout: &LsmHookLayout) -> Result<Option<u32>, OffsetError> {
+    let function = format!("bpf_lsm_{}", layout.hook);
+    let malformed = |source| OffsetError::Malformed { structure: function.clone(), member: "prototype".into(), source };
+    let found = btf.resolve_types_by_name(&function).map_err(malformed)?.into_iter().find_map(|candidate| {
+        match candidate {
+            Type::Func(func) => Some(func),
+            _ => None,
+        }
+    });
+    let Some(func) = found else {
+        return Ok(None);
+    };
+    let Type::FuncProto(prototype) = btf.resolve_chained_type(&func).map_err(malformed)? else {
+        return Err(OffsetError::LsmHookLayout { hook: layout.hook, problem: "its BTF entry has no prototype".into() });
+    };
+    if prototype.parameters.len() < layout.leading.len() {
+        return Err(OffsetError::LsmHookLayout {
+            hook: layout.hook,
+            problem: format!("it takes {} argument(s); rtid reads {}", prototype.parameters.len(), layout.leading.len()),
+        });
+    }
+    for (index, (parameter, expected)) in prototype.parameters.iter().zip(layout.leading).enumerate() {
+        let pointee = pointee_struct(btf, parameter).map_err(malformed)?;
+        if pointee.as_deref() != *expected {
+            let describe = |name: Option<&str>| name.map_or("a scalar".to_owned(), |name| format!("struct {name} *"));
+            return Err(OffsetError::LsmHookLayout {
+                hook: layout.hook,
+                problem: format!("argument {index} is {}; rtid reads {}", describe(pointee.as_deref()), describe(*expected)),
+            });
+        }
+    }
+    Ok(Some(prototype.parameters.len() as u32))
+}
+
+/// The name of the struct a parameter points to, `None` for anything else.
+fn pointee_struct(btf: &Btf, parameter: &btf_rs::Parameter) -> btf_rs::Result<Option<String>> {
+    let Type::Ptr(pointer) = btf.resolve_chained_type(parameter)? else {
+        return Ok(None);
+    };
+    let mut pointee = btf.resolve_chained_type(&pointer)?;
+    loop {
+        pointee = match pointee {
+            Type::Struct(ref definition) => return Ok(Some(btf.resolve_name(definition)?)),
+            Type::Const(_) | Type::Volatile(_) | Type::Typedef(_) | Type::Restrict(_) | Type::TypeTag(_) => {
+                match pointee.as_btf_type() {
+                    Some(link) => btf.resolve_chained_type(link)?,
+                    None => return Ok(None),
+                }
+            }
+            _ => return Ok(None),
+        };
+    }
 }
 
 /// `task_struct.start_boottime`, called `real_start_time` before Linux 5.5.
@@ -198,30 +292,32 @@ mod tests {
     }
 
     #[test]
-    #[cfg(target_endian = "little")]
-    fn members_inside_nested_anonymous_aggregates_resolve() {
-        // struct qstr { union { struct { u32 hash; u32 len; }; u64 hash_len; }; const char *name; }
-        assert_eq!(member_offset(&kernel_btf(), "qstr", "len").expect("qstr.len"), 4);
-    }
-
-    #[test]
-    fn a_missing_struct_or_member_is_named() {
+    fn lsm_hook_layouts_of_the_running_kernel_are_understood() {
+        // This host has BPF LSM compiled in, so its bpf_lsm_* prototypes are in BTF.
         let btf = kernel_btf();
-        let error = member_offset(&btf, "task_struct", "no_such_member_rtid").expect_err("missing member");
-        assert!(matches!(&error, OffsetError::MissingMember { structure, member }
-            if structure == "task_struct" && member == "no_such_member_rtid"));
-        assert_eq!(error.to_string(), "member no_such_member_rtid of struct task_struct not found in kernel BTF");
-
-        let error = member_offset(&btf, "no_such_struct_rtid", "pid").expect_err("missing struct");
-        assert!(matches!(&error, OffsetError::MissingStruct { structure } if structure == "no_such_struct_rtid"));
-        assert_eq!(error.to_string(), "struct no_such_struct_rtid not found in kernel BTF");
+        let count = |layout| argument_count(&btf, layout).expect("layout understood");
+        assert_eq!(count(&LSM_FILE_OPEN), Some(1));
+        assert_eq!(count(&LSM_BPRM_CHECK_SECURITY), Some(1));
+        assert_eq!(count(&LSM_SOCKET_CONNECT), Some(3));
+        assert_eq!(count(&LSM_SOCKET_SENDMSG), Some(3));
+        // 6.9 and later pass `bool kernel` after cmd, attr and size.
+        assert_eq!(count(&LSM_BPF), Some(4));
+        let absent = LsmHookLayout { hook: "no_such_hook_rtid", leading: &[] };
+        assert_eq!(count(&absent), None);
     }
 
     #[test]
-    fn an_unreadable_btf_file_is_named() {
-        let error = kernel_offsets_from_btf(Path::new("/nonexistent/rtid/vmlinux")).expect_err("no such file");
-        assert!(matches!(&error, OffsetError::Read { path, .. } if path == Path::new("/nonexistent/rtid/vmlinux")));
-        assert!(error.to_string().contains("/nonexistent/rtid/vmlinux"));
+    fn an_lsm_hook_whose_arguments_moved_is_refused_by_name() {
+        let btf = kernel_btf();
+        let moved = LsmHookLayout { hook: "file_open", leading: &[Some("inode")] };
+        let error = argument_count(&btf, &moved).expect_err("file_open takes a struct file *");
+        assert_eq!(
+            error.to_string(),
+            "LSM hook file_open has a layout rtid does not know: argument 0 is struct file *; rtid reads struct inode *"
+        );
+        let longer = LsmHookLayout { hook: "file_open", leading: &[Some("file"), None] };
+        let error = argument_count(&btf, &longer).expect_err("file_open takes one argument");
+        assert!(error.to_string().contains("it takes 1 argument(s); rtid reads 2"), "{error}");
     }
 
     /// Raw BTF with `int` and two structs: `struct flagged { int a:3; int b:5; int c; }`

@@ -3,9 +3,46 @@
 //! trampolines; each hook is tried on its own and falls back independently.
 
 use aya::{Btf, Ebpf, programs::Lsm};
-use rtid_common::{Backend, BackendConfig};
+use rtid_common::{Backend, BackendConfig, lsm_hook_arguments};
 
-use super::BackendReport;
+use super::{
+    BackendReport,
+    btf_offsets::{
+        self, LSM_BPF, LSM_BPRM_CHECK_SECURITY, LSM_FILE_OPEN, LSM_SOCKET_CONNECT, LSM_SOCKET_SENDMSG, LsmHookLayout,
+    },
+    compat::{Compat, Family, ProgramKind, ProgramRef, describe_refusal},
+};
+
+/// Each hook's expected layout, and its programs by the argument count they
+/// were built for (`rtid_common::lsm_hook_arguments`).
+const HOOK_PROGRAMS: [(&LsmHookLayout, &[(u32, &str)]); 5] = [
+    (&LSM_FILE_OPEN, &[(lsm_hook_arguments::FILE_OPEN, "file_open")]),
+    (&LSM_BPRM_CHECK_SECURITY, &[(lsm_hook_arguments::BPRM_CHECK_SECURITY, "bprm_check_security")]),
+    (&LSM_SOCKET_CONNECT, &[(lsm_hook_arguments::SOCKET_CONNECT, "socket_connect")]),
+    (&LSM_SOCKET_SENDMSG, &[(lsm_hook_arguments::SOCKET_SENDMSG, "socket_sendmsg")]),
+    (&LSM_BPF, &[(lsm_hook_arguments::BPF, "bpf"), (lsm_hook_arguments::BPF_WITH_KERNEL_FLAG, "bpf_with_kernel_flag")]),
+];
+
+/// The program that serves `hook` on this kernel: the one built for the
+/// argument count of the hook's prototype in BTF (the previous LSM's verdict
+/// sits after the arguments, and programs can only read fixed positions).
+fn program_for(kernel_btf: Option<&btf_rs::Btf>, hook: &str) -> Result<&'static str, String> {
+    let (layout, programs) = HOOK_PROGRAMS
+        .iter()
+        .find(|(layout, _)| layout.hook == hook)
+        .ok_or_else(|| format!("lsm/{hook}: no program for this hook"))?;
+    let kernel_btf = kernel_btf.ok_or_else(|| format!("lsm/{hook}: the kernel's BTF cannot be read"))?;
+    let count = btf_offsets::lsm_hook_argument_count(kernel_btf, layout)
+        .map_err(|error| error.to_string())?
+        .ok_or_else(|| format!("lsm/{hook}: the kernel has no bpf_lsm_{hook} (built without BPF LSM)"))?;
+    let built: Vec<String> = programs.iter().map(|(arguments, _)| arguments.to_string()).collect();
+    programs.iter().find(|(arguments, _)| *arguments == count).map(|(_, program)| *program).ok_or_else(|| {
+        format!(
+            "lsm/{hook}: this kernel's hook takes {count} argument(s); rtid's programs are built for {}",
+            built.join(" or ")
+        )
+    })
+}
 
 const FILE_HOOKS: [&str; 1] = ["file_open"];
 const EXEC_HOOKS: [&str; 1] = ["bprm_check_security"];
@@ -37,6 +74,8 @@ impl LsmAttachment {
             file: if self.file { Backend::Lsm } else { Backend::Tracepoint },
             exec: if self.exec { Backend::Lsm } else { Backend::Tracepoint },
             network: if self.net { Backend::Lsm } else { Backend::CgroupSock },
+            unix: if self.net { Backend::Lsm } else { Backend::Tracepoint },
+            protect: if self.protect { Backend::Lsm } else { Backend::Tracepoint },
         }
     }
 }
@@ -55,35 +94,55 @@ fn bpf_lsm_active() -> Result<(), String> {
     }
 }
 
-pub fn attach(ebpf: &mut Ebpf, btf: &Btf, pins: &super::pins::Pinner) -> LsmAttachment {
+/// Attaches each hook family where this kernel runs it; `compat` says which
+/// hooks cannot run here (a helper they call is missing) and keeps why each
+/// family falls back, for `rtid status`.
+pub fn attach(ebpf: &mut Ebpf, btf: &Btf, pins: &super::pins::Pinner, compat: &mut Compat) -> LsmAttachment {
     if let Err(reason) = bpf_lsm_active() {
+        for family in [Family::File, Family::Exec, Family::Net, Family::Protect] {
+            compat.lsm_fell_back(family, &reason);
+        }
         return LsmAttachment { reason: Some(reason), ..LsmAttachment::default() };
     }
+    let kernel_btf = btf_offsets::running_kernel_btf().ok();
     let mut reasons = Vec::new();
-    let mut family = |hooks: &[&str]| -> bool {
-        hooks.iter().all(|hook| match attach_one(ebpf, btf, hook, pins) {
+    let mut family = |family: Family, hooks: &[&str]| -> bool {
+        hooks.iter().all(|hook| match attach_one(ebpf, btf, kernel_btf.as_ref(), hook, pins, compat) {
             Ok(()) => true,
             Err(reason) => {
+                compat.lsm_fell_back(family, &reason);
                 reasons.push(reason);
                 false
             }
         })
     };
-    let file = family(&FILE_HOOKS);
-    let exec = family(&EXEC_HOOKS);
-    let net = family(&NET_HOOKS);
-    let protect = family(&PROTECT_HOOKS);
+    let file = family(Family::File, &FILE_HOOKS);
+    let exec = family(Family::Exec, &EXEC_HOOKS);
+    let net = family(Family::Net, &NET_HOOKS);
+    let protect = family(Family::Protect, &PROTECT_HOOKS);
     let reason = if reasons.is_empty() { None } else { Some(reasons.join("; ")) };
     LsmAttachment { file, exec, net, protect, reason }
 }
 
-fn attach_one(ebpf: &mut Ebpf, btf: &Btf, hook: &str, pins: &super::pins::Pinner) -> Result<(), String> {
+fn attach_one(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    kernel_btf: Option<&btf_rs::Btf>,
+    hook: &str,
+    pins: &super::pins::Pinner,
+    compat: &Compat,
+) -> Result<(), String> {
+    if let Some(missing) = compat.lsm_hook_refused(hook) {
+        return Err(missing.to_string());
+    }
+    let name = program_for(kernel_btf, hook)?;
     let program: &mut Lsm = ebpf
-        .program_mut(hook)
-        .ok_or_else(|| format!("lsm/{hook} missing from the eBPF object"))?
+        .program_mut(name)
+        .ok_or_else(|| format!("lsm/{hook} ({name}) missing from the eBPF object"))?
         .try_into()
         .map_err(|error| format!("lsm/{hook}: {error}"))?;
-    program.load(hook, btf).map_err(|error| format!("lsm/{hook} does not load on this kernel: {error}"))?;
+    let reference = || ProgramRef { kind: ProgramKind::Lsm, name: hook.into() };
+    program.load(hook, btf).map_err(|error| describe_refusal(compat.release(), reference(), &error))?;
     let link = program.attach().map_err(|error| format!("lsm/{hook} does not attach: {error}"))?;
     if pins.enabled() {
         let link = program.take_link(link).map_err(|error| format!("lsm/{hook}: {error}"))?;

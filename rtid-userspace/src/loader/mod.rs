@@ -3,6 +3,7 @@
 
 pub mod btf_offsets;
 pub mod cgroup;
+pub mod compat;
 mod clock;
 mod explain;
 mod lsm;
@@ -58,6 +59,9 @@ pub enum LoadError {
     LsmUnavailable(String),
     #[error("unknown identity {0:?} (not in the policy in force)")]
     UnknownIdentity(String),
+    /// The kernel lacks a feature rtid needs (named, never a verifier log).
+    #[error(transparent)]
+    Compat(#[from] compat::CompatError),
 }
 
 /// How each kind of action is enforced on this kernel.
@@ -66,6 +70,10 @@ pub struct BackendReport {
     pub file: rtid_common::Backend,
     pub network: rtid_common::Backend,
     pub exec: rtid_common::Backend,
+    /// AF_UNIX connects and sends.
+    pub unix: rtid_common::Backend,
+    /// Self-protection: agents' bpf() calls.
+    pub protect: rtid_common::Backend,
 }
 
 /// Whether to use BPF LSM.
@@ -108,6 +116,8 @@ pub struct RtidKernel {
     events: Option<EventReader>,
     backends: BackendReport,
     lsm_note: Option<String>,
+    /// The kernel, its BTF, and why an action falls back from BPF LSM.
+    kernel: compat::KernelReport,
     /// Identity name to the numeric id processes carry; ids are never reused
     /// while loaded, so a reload keeps every labeled process's identity.
     identity_ids: BTreeMap<String, IdentityId>,
@@ -123,17 +133,27 @@ const FILE_TRACEPOINTS: [&str; 5] =
     ["sys_exit_openat", "sys_exit_open", "sys_exit_openat2", "sys_exit_creat", "sys_exit_open_by_handle_at"];
 /// Syscall-entry tracepoints judging AF_UNIX connects and sends where LSM socket hooks are unavailable.
 const UNIX_TRACEPOINTS: [&str; 2] = ["sys_enter_connect", "sys_enter_sendto"];
+/// Syscall-exit tracepoints where a kill verdict of a cgroup socket hook is
+/// delivered (those hooks may not signal): one program (`sys_exit_net`) on each.
+const NET_EXIT_TRACEPOINTS: [&str; 4] = ["sys_exit_connect", "sys_exit_sendto", "sys_exit_sendmsg", "sys_exit_sendmmsg"];
 const SCHED_TRACEPOINTS: [&str; 3] = ["sched_process_fork", "sched_process_exec", "sched_process_exit"];
 const CGROUP_SOCK_PROGRAMS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
 
 impl RtidKernel {
-    /// Loads and attaches every program, with kernel offsets from the running kernel's BTF.
+    /// Loads and attaches every program, with kernel offsets from the running
+    /// kernel's BTF. A feature this kernel lacks is refused by name, before
+    /// anything is loaded or pinned where it can be (see [`compat`]).
     pub fn load(options: &LoadOptions) -> Result<RtidKernel, LoadError> {
+        RtidKernel::load_checked(options).map_err(compat::name_refusal)
+    }
+
+    fn load_checked(options: &LoadOptions) -> Result<RtidKernel, LoadError> {
         if let Some(dir) = &options.pin_dir
             && pins::present(dir)
         {
             return RtidKernel::adopt(dir);
         }
+        let mut compat = compat::check(EBPF_OBJECT)?;
         let pins = pins::Pinner::new(options.pin_dir.as_deref())?;
         let offsets: KernelOffsets = btf_offsets::running_kernel_offsets()?;
         let mut ebpf = EbpfLoader::new()
@@ -143,11 +163,12 @@ impl RtidKernel {
         let btf = Btf::from_sys_fs()?;
         let lsm = match options.lsm {
             LsmMode::Off => lsm::LsmAttachment::default(),
-            LsmMode::Auto | LsmMode::Required => lsm::attach(&mut ebpf, &btf, &pins),
+            LsmMode::Auto | LsmMode::Required => lsm::attach(&mut ebpf, &btf, &pins, &mut compat),
         };
         if options.lsm == LsmMode::Required && !lsm.all() {
             return Err(LoadError::LsmUnavailable(lsm.reason.clone().unwrap_or_default()));
         }
+        compat.require(&lsm)?;
         attach_sched(&mut ebpf, &btf, &pins)?;
         if !lsm.file {
             attach_tracepoint(&mut ebpf, "sys_exit_open", &FILE_TRACEPOINTS, &pins)?;
@@ -157,6 +178,7 @@ impl RtidKernel {
                 attach_tracepoint(&mut ebpf, name, &[name], &pins)?;
             }
             attach_cgroup_sock(&mut ebpf, &pins)?;
+            attach_tracepoint(&mut ebpf, "sys_exit_net", &NET_EXIT_TRACEPOINTS, &pins)?;
         }
         if !lsm.protect {
             attach_tracepoint(&mut ebpf, "sys_enter_bpf", &["sys_enter_bpf"], &pins)?;
@@ -166,11 +188,13 @@ impl RtidKernel {
         maps.set_backend_config(&lsm.config())?;
         let backends = lsm.report();
         let events = Some(EventReader::new(maps.take_events()?));
+        pins.keep();
         Ok(RtidKernel {
             _ebpf: Some(ebpf),
             pin_dir: options.pin_dir.clone(),
             maps,
             events,
+            kernel: compat.report(&backends),
             backends,
             lsm_note: lsm.reason,
             identity_ids: BTreeMap::new(),
@@ -197,6 +221,7 @@ impl RtidKernel {
             pin_dir: Some(dir.to_path_buf()),
             maps,
             events,
+            kernel: compat::KernelReport::adopted(&lsm.report()),
             backends: lsm.report(),
             lsm_note: Some("adopted from pins".into()),
             identity_ids: BTreeMap::new(),
@@ -238,6 +263,11 @@ impl RtidKernel {
     /// Why BPF LSM is not in use, where it is not.
     pub fn lsm_note(&self) -> Option<&str> {
         self.lsm_note.as_deref()
+    }
+
+    /// The kernel release, its BTF, and which actions fall back from BPF LSM and why.
+    pub fn kernel_report(&self) -> &compat::KernelReport {
+        &self.kernel
     }
 
     /// The event stream; can be taken once.
@@ -441,7 +471,17 @@ fn attach_sched(ebpf: &mut Ebpf, btf: &Btf, pins: &pins::Pinner) -> Result<(), L
     Ok(())
 }
 
-/// Loads the syscall tracepoint program `program` once and attaches it to each of `tracepoints`.
+/// Whether tracefs lists `syscalls/<name>`. Syscalls differ between
+/// architectures (arm64 has no open, creat or other legacy calls): a syscall
+/// the kernel does not have cannot be used to get around rtid.
+fn syscall_tracepoint_exists(name: &str) -> bool {
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .any(|root| Path::new(root).join("events/syscalls").join(name).is_dir())
+}
+
+/// Loads the syscall tracepoint program `program` once and attaches it to each
+/// of `tracepoints` this kernel has; the first must exist.
 fn attach_tracepoint(
     ebpf: &mut Ebpf,
     program: &'static str,
@@ -450,7 +490,10 @@ fn attach_tracepoint(
 ) -> Result<(), LoadError> {
     let loaded: &mut TracePoint = program_mut(ebpf, program)?;
     loaded.load().map_err(|source| LoadError::Program { program, source })?;
-    for &tracepoint in tracepoints {
+    for (index, &tracepoint) in tracepoints.iter().enumerate() {
+        if index > 0 && !syscall_tracepoint_exists(tracepoint) {
+            continue;
+        }
         let link = loaded
             .attach("syscalls", tracepoint)
             .map_err(|source| LoadError::Program { program: tracepoint, source })?;

@@ -44,13 +44,20 @@ pub fn link_error(name: &str, error: impl std::fmt::Display) -> LoadError {
     LoadError::Pin { path: name.into(), problem: format!("link cannot be pinned: {error}") }
 }
 
-/// Pins into a directory, or does nothing when pinning is off.
+/// Pins into a directory, or does nothing when pinning is off. A load that
+/// fails before [`Pinner::keep`] removes the directory it created, so a refused
+/// load leaves nothing pinned (and so nothing attached) behind.
 pub struct Pinner {
     dir: Option<PathBuf>,
+    /// The directory did not exist before this load.
+    created: bool,
+    kept: bool,
 }
 
 impl Pinner {
     pub fn new(dir: Option<&Path>) -> Result<Pinner, LoadError> {
+        let created = dir.is_some_and(|dir| !dir.exists());
+        let pinner = Pinner { dir: dir.map(Path::to_path_buf), created, kept: false };
         if let Some(dir) = dir {
             for sub in ["maps", "links"] {
                 let path = dir.join(sub);
@@ -58,7 +65,12 @@ impl Pinner {
                     .map_err(|error| LoadError::Pin { path: path.display().to_string(), problem: error.to_string() })?;
             }
         }
-        Ok(Pinner { dir: dir.map(Path::to_path_buf) })
+        Ok(pinner)
+    }
+
+    /// The load succeeded: the pins stay.
+    pub fn keep(mut self) {
+        self.kept = true;
     }
 
     pub fn enabled(&self) -> bool {
@@ -84,5 +96,15 @@ impl Pinner {
                 .map_err(|error| LoadError::Pin { path: path.display().to_string(), problem: error.to_string() })?;
         }
         Ok(())
+    }
+}
+
+impl Drop for Pinner {
+    fn drop(&mut self) {
+        if let (false, true, Some(dir)) = (self.kept, self.created, &self.dir)
+            && let Err(error) = remove(dir)
+        {
+            tracing::warn!(dir = %dir.display(), %error, "removing the pins of a failed load");
+        }
     }
 }
