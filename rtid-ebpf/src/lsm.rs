@@ -9,7 +9,8 @@ use aya_ebpf::{
     programs::LsmContext,
 };
 use rtid_common::{
-    AF_INET, AF_INET6, AF_UNIX, Backend, EventKind, FMODE_EXEC, NetObject, Outcome, SIGKILL, counter, lsm_hook_arguments,
+    AF_INET, AF_INET6, AF_UNIX, Backend, EventKind, FMODE_EXEC, NetObject, Outcome, SIGKILL, counter,
+    lsm_hook_arguments,
 };
 
 use crate::{

@@ -24,7 +24,7 @@ fn host_tests(extra: &[String]) -> anyhow::Result<Tally> {
     // The daemon tests run the real `rtid` binary from the same profile dir;
     // `cargo test` builds only the binaries of the package under test, so a
     // fresh checkout would have none.
-    checked(cargo().args(["build", "-p", "rtid-userspace", "--bin", "rtid"])).context("building the rtid binary")?;
+    checked(cargo().arg("build").args(vm::BUILD_SELECTION)).context("building rtid and its tests")?;
     let mut command = cargo();
     command
         .args([

@@ -33,28 +33,41 @@ const EXIT_MARKER: &str = "RTID-VM-EXIT=";
 /// The whole VM run, boot included; TCG runs code 10 to 50 times slower.
 const VM_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
-/// Builds the named integration test target for `arch` and returns its executable.
-fn build_test_executable(target: &str, arch: Arch) -> anyhow::Result<PathBuf> {
-    let out = cross::cargo(arch, "test")
-        .args(["-p", "rtid-tests", "--test", target, "--no-run", "--message-format=json"])
+/// Every package but the eBPF crate (which builds for bpfel inside
+/// rtid-userspace's build.rs), every target: the same selection `cargo xtask
+/// test` builds on the host, so features resolve the same way and shared
+/// dependencies are not rebuilt between the host and the VM runs.
+pub const BUILD_SELECTION: [&str; 4] = ["--workspace", "--exclude", "rtid-ebpf", "--all-targets"];
+
+/// Builds rtid, the probe and the integration tests for `arch` in one cargo
+/// run and returns the executables of `targets`, in the order named.
+fn build_test_executables(targets: &[&str], arch: Arch) -> anyhow::Result<Vec<PathBuf>> {
+    let out = cross::cargo(arch, "build")
+        .args(BUILD_SELECTION)
+        .arg("--message-format=json")
         .stderr(Stdio::inherit())
         .output()
-        .context("building the test executable")?;
+        .context("building the test executables")?;
     if !out.status.success() {
-        bail!("building test target {target} failed");
+        bail!("building rtid and its tests failed");
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    for line in text.lines() {
-        // The compiler-artifact message of the test target carries its executable.
-        if line.contains(&format!("\"name\":\"{target}\""))
-            && line.contains("\"test\":true")
-            && let Some((_, rest)) = line.split_once("\"executable\":\"")
-            && let Some((executable, _)) = rest.split_once('"')
-        {
-            return Ok(PathBuf::from(executable));
-        }
-    }
-    bail!("no executable for test target {target} in cargo's output")
+    targets
+        .iter()
+        .map(|target| {
+            // The compiler-artifact message of the test target carries its executable.
+            text.lines()
+                .find_map(|line| {
+                    if !(line.contains(&format!("\"name\":\"{target}\"")) && line.contains("\"test\":true")) {
+                        return None;
+                    }
+                    let (_, rest) = line.split_once("\"executable\":\"")?;
+                    let (executable, _) = rest.split_once('"')?;
+                    Some(PathBuf::from(executable))
+                })
+                .with_context(|| format!("no executable for test target {target} in cargo's output"))
+        })
+        .collect()
 }
 
 /// Shared libraries an executable needs, as (file here, path in the guest):
@@ -285,7 +298,7 @@ pub fn default_passes() -> Vec<VmPass> {
 }
 
 /// The passes a `vm-test` selection names among the kernels of `arch` (amd64
-/// by default): all of [`passes_for`] it by default.
+/// by default): by default, [`passes_for`] that architecture.
 pub fn select_passes(kernel: Option<&str>, arch: Option<Arch>, suite: Option<Suite>) -> anyhow::Result<Vec<VmPass>> {
     let arch = arch.unwrap_or(Arch::X86_64);
     let kernels: Vec<VmKernel> = VM_KERNELS.iter().copied().filter(|known| known.arch == arch).collect();
@@ -311,21 +324,9 @@ pub fn select_passes(kernel: Option<&str>, arch: Option<Arch>, suite: Option<Sui
 
 /// Builds the test executables, the probe and the rtid binary for `suite`, for `arch`.
 fn suite_executables(suite: Suite, arch: Arch) -> anyhow::Result<Vec<(String, PathBuf)>> {
-    checked(cross::cargo(arch, "build").args([
-        "-p",
-        "rtid-userspace",
-        "--bin",
-        "rtid",
-        "-p",
-        "rtid-tests",
-        "--bin",
-        "rtid-probe",
-    ]))
-    .context("building rtid and rtid-probe")?;
-    let mut executables = Vec::new();
-    for target in suite.targets() {
-        executables.push((format!("tests/{target}"), build_test_executable(target, arch)?));
-    }
+    let built = build_test_executables(suite.targets(), arch)?;
+    let mut executables: Vec<(String, PathBuf)> =
+        suite.targets().iter().zip(built).map(|(target, executable)| (format!("tests/{target}"), executable)).collect();
     let profile = profile_dir(&executables[0].1)?.to_path_buf();
     executables.push(("rtid-probe".into(), profile.join("rtid-probe")));
     executables.push(("rtid".into(), profile.join("rtid")));

@@ -109,7 +109,7 @@ pub enum ExplainAction {
 pub enum Response {
     Ok { message: String },
     Error { message: String },
-    Status(StatusReport),
+    Status(Box<StatusReport>),
     Ps { processes: Vec<ProcessEntry> },
     Explain(Explanation),
     Event(Box<EventRecord>),

@@ -383,7 +383,7 @@ fn label(daemon: &mut super::Daemon, pid: u32, identity: &str, source: &'static 
 fn status(daemon: &super::Daemon) -> Response {
     let counters = daemon.kernel.counters().unwrap_or_default();
     let backends = daemon.kernel.backends();
-    Response::Status(StatusReport {
+    Response::Status(Box::new(StatusReport {
         kernel: daemon.kernel.kernel_report().clone(),
         backends: Backends {
             file: backends.file,
@@ -408,7 +408,7 @@ fn status(daemon: &super::Daemon) -> Response {
         node: daemon.streams.node.clone(),
         sinks: daemon.streams.reports(),
         events_suppressed: daemon.streams.suppressed_total(),
-    })
+    }))
 }
 
 fn ps(daemon: &super::Daemon) -> Response {

@@ -126,12 +126,11 @@ pub fn running_kernel_btf() -> Result<Btf, OffsetError> {
 fn argument_count(btf: &Btf, layout: &LsmHookLayout) -> Result<Option<u32>, OffsetError> {
     let function = format!("bpf_lsm_{}", layout.hook);
     let malformed = |source| OffsetError::Malformed { structure: function.clone(), member: "prototype".into(), source };
-    let found = btf.resolve_types_by_name(&function).map_err(malformed)?.into_iter().find_map(|candidate| {
-        match candidate {
+    let found =
+        btf.resolve_types_by_name(&function).map_err(malformed)?.into_iter().find_map(|candidate| match candidate {
             Type::Func(func) => Some(func),
             _ => None,
-        }
-    });
+        });
     let Some(func) = found else {
         return Ok(None);
     };
@@ -141,7 +140,11 @@ fn argument_count(btf: &Btf, layout: &LsmHookLayout) -> Result<Option<u32>, Offs
     if prototype.parameters.len() < layout.leading.len() {
         return Err(OffsetError::LsmHookLayout {
             hook: layout.hook,
-            problem: format!("it takes {} argument(s); rtid reads {}", prototype.parameters.len(), layout.leading.len()),
+            problem: format!(
+                "it takes {} argument(s); rtid reads {}",
+                prototype.parameters.len(),
+                layout.leading.len()
+            ),
         });
     }
     for (index, (parameter, expected)) in prototype.parameters.iter().zip(layout.leading).enumerate() {
@@ -150,7 +153,11 @@ fn argument_count(btf: &Btf, layout: &LsmHookLayout) -> Result<Option<u32>, Offs
             let describe = |name: Option<&str>| name.map_or("a scalar".to_owned(), |name| format!("struct {name} *"));
             return Err(OffsetError::LsmHookLayout {
                 hook: layout.hook,
-                problem: format!("argument {index} is {}; rtid reads {}", describe(pointee.as_deref()), describe(*expected)),
+                problem: format!(
+                    "argument {index} is {}; rtid reads {}",
+                    describe(pointee.as_deref()),
+                    describe(*expected)
+                ),
             });
         }
     }

@@ -22,8 +22,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     ffi::CStr,
-    fmt,
-    io,
+    fmt, io,
     os::fd::{FromRawFd, OwnedFd, RawFd},
     path::{Path, PathBuf},
 };
@@ -54,10 +53,12 @@ pub enum CompatError {
     #[error("kernel {release} lacks helper {helper} for {program} programs")]
     MissingHelper { release: String, helper: Helper, program: ProgramRef },
     #[error(
-        "kernel {release} has no tracepoint syscalls/{tracepoint} although it has the {syscall} syscall; \
-         {program} needs it to {purpose} without BPF LSM (CONFIG_FTRACE_SYSCALLS=y)"
+        "kernel {release} has no tracepoint syscalls/{tracepoint} although it has the {} syscall; \
+         {program} needs it to {} without BPF LSM (CONFIG_FTRACE_SYSCALLS=y)",
+        syscall_of(tracepoint),
+        purpose(&program.name)
     )]
-    MissingTracepoint { release: String, tracepoint: String, syscall: String, program: ProgramRef, purpose: &'static str },
+    MissingTracepoint { release: String, tracepoint: String, program: ProgramRef },
     #[error(
         "tracefs is not mounted (neither /sys/kernel/tracing nor /sys/kernel/debug/tracing in /proc/self/mounts); \
          {program} attaches to syscall tracepoints: mount -t tracefs none /sys/kernel/tracing"
@@ -65,18 +66,22 @@ pub enum CompatError {
     NoTracefs { program: ProgramRef },
     #[error("tracepoint syscalls/{tracepoint}: {problem}")]
     TracepointLayout { tracepoint: String, problem: LayoutProblem },
-    #[error("kernel {release}'s BTF has no {type_name}, which {program} attaches to")]
-    MissingBtfType { release: String, type_name: String, program: ProgramRef },
-    #[error("kernel {release}'s BTF: {type_name} {problem}; {program} reads argument {argument} as struct {expected} *")]
+    #[error("kernel {release}'s BTF has no btf_trace_{}, which {program} attaches to", program.name)]
+    MissingBtfType { release: String, program: ProgramRef },
+    #[error(
+        "kernel {release}'s BTF: btf_trace_{} {problem}; {program} reads argument {argument} as struct {expected} *",
+        program.name
+    )]
     BtfTracepointArgument {
         release: String,
-        type_name: String,
         program: ProgramRef,
-        argument: usize,
+        argument: u32,
         expected: &'static str,
         problem: String,
     },
-    #[error("{SIMULATE_ENV}: {problem} (expected a comma-separated list of btf, helper:NAME, tracepoint:NAME, btf-type:NAME)")]
+    #[error(
+        "{SIMULATE_ENV}: {problem} (expected a comma-separated list of btf, helper:NAME, tracepoint:NAME, btf-type:NAME)"
+    )]
     BadSimulation { problem: String },
     #[error("reading rtid's eBPF object: {0}")]
     Object(String),
@@ -496,6 +501,11 @@ fn syscall_attachments() -> Vec<(&'static str, &'static [&'static str], Family)>
     groups
 }
 
+/// The syscall a `sys_enter_*` or `sys_exit_*` tracepoint reports.
+fn syscall_of(tracepoint: &str) -> &str {
+    tracepoint.strip_prefix("sys_enter_").or_else(|| tracepoint.strip_prefix("sys_exit_")).unwrap_or(tracepoint)
+}
+
 /// What a program does with its tracepoints, for messages.
 fn purpose(program: &str) -> &'static str {
     match program {
@@ -588,9 +598,17 @@ pub fn parse_format(text: &str) -> Result<Vec<FormatField>, String> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LayoutProblem {
     /// The field the program reads is not in the record.
-    NoField { field: String },
-    NoArgument { index: usize },
-    Moved { field: String, expected: (u32, u32), found: (u32, u32) },
+    NoField {
+        field: String,
+    },
+    NoArgument {
+        index: usize,
+    },
+    Moved {
+        field: String,
+        expected: (u32, u32),
+        found: (u32, u32),
+    },
     Unparsable(String),
 }
 
@@ -687,11 +705,14 @@ fn kernel_has_syscall(btf: &btf_rs::Btf, syscall: &str) -> bool {
 }
 
 /// The BTF tracepoint arguments the programs read: (program, argument, struct
-/// it points to). identity.rs reads the child of sched_process_fork (argument
-/// 1) and the task of sched_process_exit (0); exec.rs the `linux_binprm` of
-/// sched_process_exec (2).
-const BTF_TRACEPOINT_ARGS: [(&str, usize, &str); 3] =
-    [("sched_process_fork", 1, "task_struct"), ("sched_process_exit", 0, "task_struct"), ("sched_process_exec", 2, "linux_binprm")];
+/// it points to). identity.rs reads the child of `sched_process_fork`
+/// (argument 1) and the task of `sched_process_exit` (0); exec.rs the
+/// `linux_binprm` of `sched_process_exec` (2).
+const BTF_TRACEPOINT_ARGS: [(&str, usize, &str); 3] = [
+    ("sched_process_fork", 1, "task_struct"),
+    ("sched_process_exit", 0, "task_struct"),
+    ("sched_process_exec", 2, "linux_binprm"),
+];
 
 /// Follows typedefs, qualifiers and type tags.
 fn strip(btf: &btf_rs::Btf, mut resolved: btf_rs::Type) -> btf_rs::Result<btf_rs::Type> {
@@ -721,17 +742,14 @@ fn check_btf_tracepoint(
 ) -> Result<(), CompatError> {
     use btf_rs::Type;
     let type_name = format!("btf_trace_{}", program.name);
-    let missing = || CompatError::MissingBtfType {
-        release: release.into(),
-        type_name: type_name.clone(),
-        program: program.reference(),
-    };
+    let missing = || CompatError::MissingBtfType { release: release.into(), program: program.reference() };
     if simulate.btf_types.contains(&type_name) {
         return Err(missing());
     }
-    let typedef = btf.resolve_types_by_name(&type_name).ok().and_then(|types| {
-        types.into_iter().find(|candidate| matches!(candidate, Type::Typedef(_)))
-    });
+    let typedef = btf
+        .resolve_types_by_name(&type_name)
+        .ok()
+        .and_then(|types| types.into_iter().find(|candidate| matches!(candidate, Type::Typedef(_))));
     let Some(typedef) = typedef else {
         return Err(missing());
     };
@@ -740,9 +758,8 @@ fn check_btf_tracepoint(
     };
     let wrong = |problem: String| CompatError::BtfTracepointArgument {
         release: release.into(),
-        type_name: type_name.clone(),
         program: program.reference(),
-        argument,
+        argument: argument as u32,
         expected,
         problem,
     };
@@ -758,7 +775,8 @@ fn check_btf_tracepoint(
     let Some(parameter) = prototype.parameters.get(argument + 1) else {
         return Err(wrong(format!("has {} arguments", prototype.parameters.len().saturating_sub(1))));
     };
-    let Type::Ptr(pointee) = strip(btf, btf.resolve_chained_type(parameter).map_err(unreadable)?).map_err(unreadable)?
+    let Type::Ptr(pointee) =
+        strip(btf, btf.resolve_chained_type(parameter).map_err(unreadable)?).map_err(unreadable)?
     else {
         return Err(wrong(format!("argument {argument} is not a pointer")));
     };
@@ -768,11 +786,7 @@ fn check_btf_tracepoint(
         Type::Fwd(declaration) => btf.resolve_name(declaration).unwrap_or_default(),
         other => return Err(wrong(format!("argument {argument} points to a {}", other.name()))),
     };
-    if name == expected {
-        Ok(())
-    } else {
-        Err(wrong(format!("argument {argument} is struct {name} *")))
-    }
+    if name == expected { Ok(()) } else { Err(wrong(format!("argument {argument} is struct {name} *"))) }
 }
 
 /// Where the kernel's BTF came from.
@@ -872,6 +886,13 @@ pub fn kernel_release() -> String {
     CStr::from_bytes_until_nul(&bytes).map_or_else(|_| "(unknown)".into(), |release| release.to_string_lossy().into())
 }
 
+/// The kernel's BTF for a handful of lookups: mapped rather than parsed
+/// whole (milliseconds instead of a third of a second), where the kernel lets
+/// its BTF file be mapped (6.16 and later).
+fn open_btf(path: &Path) -> btf_rs::Result<btf_rs::Btf> {
+    btf_rs::Btf::from_file_with_backend(path, btf_rs::Backend::Mmap).or_else(|_| btf_rs::Btf::from_file(path))
+}
+
 fn btf_source(path: &Path) -> Option<BtfSource> {
     std::fs::metadata(path).ok().map(|metadata| BtfSource { path: path.to_path_buf(), size: metadata.len() })
 }
@@ -884,7 +905,7 @@ pub struct Compat {
     skipped: Vec<SkippedTracepoint>,
     /// Problems of fallback programs: refused unless BPF LSM serves their family.
     deferred: Vec<(Family, CompatError)>,
-    /// LSM hooks this kernel cannot run, and why.
+    /// LSM programs this kernel cannot run, and why.
     lsm_refused: BTreeMap<String, CompatError>,
     /// Why BPF LSM does not serve a family, as attaching it found.
     lsm_reasons: BTreeMap<Family, String>,
@@ -902,13 +923,14 @@ pub fn check(object: &[u8]) -> Result<Compat, CompatError> {
 
 /// [`check`] with an explicit simulation.
 pub fn check_with(object: &[u8], simulate: &Simulation) -> Result<Compat, CompatError> {
+    let started = std::time::Instant::now();
     let release = kernel_release();
     let btf_path = Path::new(RUNNING_KERNEL_BTF);
     let source = btf_source(btf_path).filter(|_| !simulate.btf);
     let Some(source) = source else {
         return Err(CompatError::NoBtf { path: btf_path.to_path_buf() });
     };
-    let btf = btf_rs::Btf::from_file(btf_path)
+    let btf = open_btf(btf_path)
         .map_err(|error| CompatError::UnreadableBtf { path: btf_path.to_path_buf(), problem: error.to_string() })?;
     let mut compat = Compat {
         release,
@@ -919,9 +941,8 @@ pub fn check_with(object: &[u8], simulate: &Simulation) -> Result<Compat, Compat
         lsm_reasons: BTreeMap::new(),
     };
     let mut prober = Prober::default();
-    let programs = scan_object(object, || {
-        prober.probe(ProbeTarget::TRACEPOINT, Helper::PROBE_READ_KERNEL) != Support::Missing
-    })?;
+    let programs =
+        scan_object(object, || prober.probe(ProbeTarget::TRACEPOINT, Helper::PROBE_READ_KERNEL) != Support::Missing)?;
     for program in programs.iter().filter(|program| program.kind == ProgramKind::BtfTracePoint) {
         compat.place(need(program), program, check_btf_tracepoint(&btf, program, simulate, &compat.release))?;
     }
@@ -932,20 +953,32 @@ pub fn check_with(object: &[u8], simulate: &Simulation) -> Result<Compat, Compat
                 || target.is_some_and(|target| prober.probe(target, helper) == Support::Missing)
         });
         let result = match missing {
-            Some(helper) => {
-                Err(CompatError::MissingHelper { release: compat.release.clone(), helper, program: program.reference() })
-            }
+            Some(helper) => Err(CompatError::MissingHelper {
+                release: compat.release.clone(),
+                helper,
+                program: program.reference(),
+            }),
             None => Ok(()),
         };
         compat.place(need(program), program, result)?;
     }
     compat.check_syscall_tracepoints(&btf, simulate);
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        probes = prober.cache.len(),
+        "kernel features checked"
+    );
     Ok(compat)
 }
 
 impl Compat {
     /// Refuses now, defers, or records an LSM hook as unusable, as `need` says.
-    fn place(&mut self, need: Need, program: &ObjectProgram, result: Result<(), CompatError>) -> Result<(), CompatError> {
+    fn place(
+        &mut self,
+        need: Need,
+        program: &ObjectProgram,
+        result: Result<(), CompatError>,
+    ) -> Result<(), CompatError> {
         let Err(error) = result else { return Ok(()) };
         match need {
             Need::Always => return Err(error),
@@ -967,21 +1000,15 @@ impl Compat {
             };
             for &tracepoint in tracepoints {
                 let format = tracefs.join("events/syscalls").join(tracepoint).join("format");
-                let text = if simulate.tracepoints.contains(tracepoint) { None } else { std::fs::read_to_string(&format).ok() };
+                let text = if simulate.tracepoints.contains(tracepoint) {
+                    None
+                } else {
+                    std::fs::read_to_string(&format).ok()
+                };
                 let Some(text) = text else {
-                    let syscall = tracepoint.trim_start_matches("sys_enter_").trim_start_matches("sys_exit_");
-                    if kernel_has_syscall(btf, syscall) {
-                        let error = CompatError::MissingTracepoint {
-                            release: self.release.clone(),
-                            tracepoint: tracepoint.into(),
-                            syscall: syscall.into(),
-                            program: reference.clone(),
-                            purpose: purpose(program),
-                        };
-                        self.deferred.push((family, error));
-                    } else {
-                        let reason = format!("this kernel has no {syscall} syscall");
-                        self.skipped.push(SkippedTracepoint { tracepoint: tracepoint.into(), reason });
+                    match self.absent_tracepoint(btf, &reference, tracepoint) {
+                        Ok(skipped) => self.skipped.push(skipped),
+                        Err(error) => self.deferred.push((family, error)),
                     }
                     continue;
                 };
@@ -989,19 +1016,39 @@ impl Compat {
                     .map_err(LayoutProblem::Unparsable)
                     .and_then(|fields| check_layout(&fields, reads(program, tracepoint)));
                 if let Err(problem) = checked {
-                    self.deferred.push((family, CompatError::TracepointLayout { tracepoint: tracepoint.into(), problem }));
+                    self.deferred
+                        .push((family, CompatError::TracepointLayout { tracepoint: tracepoint.into(), problem }));
                 }
             }
         }
+    }
+
+    /// A tracepoint this kernel does not list: fine where the syscall does not
+    /// exist either (nothing can call it), missing otherwise.
+    fn absent_tracepoint(
+        &self,
+        btf: &btf_rs::Btf,
+        program: &ProgramRef,
+        tracepoint: &str,
+    ) -> Result<SkippedTracepoint, CompatError> {
+        let syscall = syscall_of(tracepoint);
+        if kernel_has_syscall(btf, syscall) {
+            return Err(CompatError::MissingTracepoint {
+                release: self.release.clone(),
+                tracepoint: tracepoint.into(),
+                program: program.clone(),
+            });
+        }
+        Ok(SkippedTracepoint { tracepoint: tracepoint.into(), reason: format!("this kernel has no {syscall} syscall") })
     }
 
     pub fn release(&self) -> &str {
         &self.release
     }
 
-    /// Why the LSM hook `hook` cannot run here, if the checks found a reason.
-    pub fn lsm_hook_refused(&self, hook: &str) -> Option<&CompatError> {
-        self.lsm_refused.get(hook)
+    /// Why the LSM program `program` cannot run here, if the checks found a reason.
+    pub fn lsm_hook_refused(&self, program: &str) -> Option<&CompatError> {
+        self.lsm_refused.get(program)
     }
 
     /// Records why BPF LSM does not serve `family` (the first reason holds).
@@ -1102,18 +1149,14 @@ mod tests {
 
     #[test]
     fn the_instruction_scan_finds_helper_calls_only() {
-        let load_imm64 = (BPF_LD | BPF_DW | BPF_IMM) as u8;
-        let mut wide = instruction(BPF_LD | BPF_DW | BPF_IMM, 1, 0);
-        wide.code = load_imm64;
-        // The second slot of a 64-bit load, crafted to look like a call of helper 77.
-        let mut second_half = call(77);
-        second_half.code = (BPF_JMP | BPF_CALL) as u8;
         let program = [
             call(14),
-            with_src(call(5), 1),   // a call of a BPF function 5 instructions on: not a helper
-            with_src(call(9000), 2), // a kernel function call
-            wide,
-            second_half,
+            // A call of the BPF function 5 instructions on, and of a kernel function: not helpers.
+            with_src(call(5), 1),
+            with_src(call(9000), 2),
+            // A 64-bit immediate load whose second slot, being data, happens to read as `call 77`.
+            instruction(BPF_LD | BPF_DW | BPF_IMM, 1, 0),
+            call(77),
             call(109),
             call(14),
             instruction(BPF_JMP | BPF_EXIT, 0, 0),
@@ -1132,10 +1175,7 @@ mod tests {
         ] {
             assert_eq!(program(name).kind, kind, "{name}");
         }
-        assert_eq!(
-            program("connect4").kind,
-            ProgramKind::CgroupSockAddr(bpf_attach_type::BPF_CGROUP_INET4_CONNECT)
-        );
+        assert_eq!(program("connect4").kind, ProgramKind::CgroupSockAddr(bpf_attach_type::BPF_CGROUP_INET4_CONNECT));
         let send_signal = Helper::from_name("bpf_send_signal").expect("named");
         assert!(program("sys_exit_open").helpers.contains(&send_signal), "file.rs kills with bpf_send_signal");
         assert!(program("sched_process_exec").helpers.contains(&send_signal), "exec.rs kills with bpf_send_signal");
@@ -1159,12 +1199,14 @@ mod tests {
 
     #[test]
     fn verifier_logs_naming_a_missing_helper_are_recognised() {
-        assert_eq!(missing_helper_in_log("0: R1=ctx() R10=fp0\n0: (85) call bpf_d_path#147\nunknown func bpf_d_path#147\nprocessed 1 insns"), Some(Helper(147)));
-        assert_eq!(missing_helper_in_log("5: (85) call unknown#4000\ninvalid func unknown#4000\n"), Some(Helper(4000)));
         assert_eq!(
-            missing_helper_in_log("program of this type cannot use helper bpf_probe_read#4\n"),
-            Some(Helper(4))
+            missing_helper_in_log(
+                "0: R1=ctx() R10=fp0\n0: (85) call bpf_d_path#147\nunknown func bpf_d_path#147\nprocessed 1 insns"
+            ),
+            Some(Helper(147))
         );
+        assert_eq!(missing_helper_in_log("5: (85) call unknown#4000\ninvalid func unknown#4000\n"), Some(Helper(4000)));
+        assert_eq!(missing_helper_in_log("program of this type cannot use helper bpf_probe_read#4\n"), Some(Helper(4)));
         // An argument complaint means the helper exists.
         assert_eq!(missing_helper_in_log("0: (85) call bpf_send_signal#109\nR1 type=scalar expected=ctx\n"), None);
         assert_eq!(missing_helper_in_log(""), None);
@@ -1187,11 +1229,55 @@ mod tests {
         assert_eq!(prober.probe(ProbeTarget::TRACEPOINT, d_path), Support::Missing);
         // Past the last helper any kernel has.
         assert_eq!(prober.probe(ProbeTarget::TRACEPOINT, Helper(100_000)), Support::Missing);
-        let connect4 = ProbeTarget::of(ProgramKind::CgroupSockAddr(bpf_attach_type::BPF_CGROUP_INET4_CONNECT))
-            .expect("probed");
+        let connect4 =
+            ProbeTarget::of(ProgramKind::CgroupSockAddr(bpf_attach_type::BPF_CGROUP_INET4_CONNECT)).expect("probed");
         assert_eq!(prober.probe(connect4, pid_tgid), Support::Available);
         assert_eq!(prober.probe(connect4, d_path), Support::Missing);
         assert_eq!(prober.cache.len(), 6, "one probe per (program type, helper)");
+
+        // The kernel's own words for a missing helper are what the log parser reads.
+        let mut log = vec![0u8; 64 * 1024];
+        let program = [
+            instruction(BPF_JMP | BPF_CALL, 0, d_path.0 as i32),
+            instruction(BPF_ALU64 | BPF_MOV | BPF_K, 0, 1),
+            instruction(BPF_JMP | BPF_EXIT, 0, 0),
+        ];
+        assert!(load_program(ProbeTarget::TRACEPOINT, &program, &mut log).is_err(), "refused");
+        let log = log_text(&log);
+        assert_eq!(missing_helper_in_log(&log), Some(d_path), "{log}");
+    }
+
+    #[test]
+    fn a_verifier_refusal_for_a_missing_helper_is_named_and_others_pass_through() {
+        let refusal = |errno: i32, log: &str| ProgramError::LoadError {
+            io_error: io::Error::from_raw_os_error(errno),
+            verifier_log: aya_obj::VerifierLog::new(log.into()),
+        };
+        let refused = |log: &str| LoadError::Program { program: "sys_exit_open", source: refusal(libc::EINVAL, log) };
+        let missing = "func#0 @0\n0: R1=ctx() R10=fp0\n0: (85) call bpf_send_signal#109\n\
+                       unknown func bpf_send_signal#109\nprocessed 1 insns (limit 1000000) max_states_per_insn 0\n";
+        let invalid = "0: R1=ctx()\nR1 invalid mem access 'scalar'\nprocessed 2 insns\n";
+
+        let named = name_refusal(refused(missing));
+        assert_eq!(
+            named.to_string(),
+            format!(
+                "kernel {} lacks helper bpf_send_signal (#109) for tracepoint/sys_exit_open programs",
+                kernel_release()
+            )
+        );
+        let other = name_refusal(refused(invalid));
+        assert!(matches!(other, LoadError::Program { program: "sys_exit_open", .. }), "{other}");
+
+        // The LSM fallback's reason: the helper, or one line without the log.
+        let hook = ProgramRef { kind: ProgramKind::Lsm, name: "file_open".into() };
+        assert_eq!(
+            describe_refusal("6.1.0-1", hook.clone(), &refusal(libc::EINVAL, missing)),
+            "kernel 6.1.0-1 lacks helper bpf_send_signal (#109) for lsm/file_open programs"
+        );
+        let line = describe_refusal("6.1.0-1", hook, &refusal(libc::EACCES, invalid));
+        assert!(line.starts_with("lsm/file_open does not load on this kernel: "), "{line}");
+        assert!(!line.contains("R1") && !line.contains("processed "), "no verifier log: {line}");
     }
 
     #[test]
@@ -1200,7 +1286,16 @@ mod tests {
         let names: Vec<&str> = fields.iter().map(|field| field.name.as_str()).collect();
         assert_eq!(
             names,
-            ["common_type", "common_flags", "common_preempt_count", "common_pid", "__syscall_nr", "fd", "uservaddr", "addrlen"]
+            [
+                "common_type",
+                "common_flags",
+                "common_preempt_count",
+                "common_pid",
+                "__syscall_nr",
+                "fd",
+                "uservaddr",
+                "addrlen"
+            ]
         );
         let uservaddr = &fields[6];
         assert_eq!(uservaddr.declaration, "struct sockaddr * uservaddr");
@@ -1228,17 +1323,18 @@ mod tests {
     #[test]
     fn a_moved_or_missing_field_is_named() {
         // sendto's addr_len moved to a 4-byte slot.
-        let moved = fixture("sys_enter_sendto").replace("int addr_len;\toffset:56;\tsize:8", "int addr_len;\toffset:56;\tsize:4");
+        let moved = fixture("sys_enter_sendto")
+            .replace("int addr_len;\toffset:56;\tsize:8", "int addr_len;\toffset:56;\tsize:4");
         let fields = parse_format(&moved).expect("parses");
         let problem = check_layout(&fields, reads("sys_enter_sendto", "sys_enter_sendto")).expect_err("moved");
-        assert_eq!(
-            problem,
-            LayoutProblem::Moved { field: "addr_len".into(), expected: (56, 8), found: (56, 4) }
-        );
+        assert_eq!(problem, LayoutProblem::Moved { field: "addr_len".into(), expected: (56, 8), found: (56, 4) });
         assert_eq!(problem.to_string(), "field addr_len is at offset 56, size 4; rtid reads it at offset 56, size 8");
         // connect with only two arguments: addrlen (argument 2) is gone.
-        let short: String =
-            fixture("sys_enter_connect").lines().filter(|line| !line.contains("addrlen;")).collect::<Vec<_>>().join("\n");
+        let short: String = fixture("sys_enter_connect")
+            .lines()
+            .filter(|line| !line.contains("addrlen;"))
+            .collect::<Vec<_>>()
+            .join("\n");
         let fields = parse_format(&short).expect("parses");
         assert_eq!(
             check_layout(&fields, reads("sys_enter_connect", "sys_enter_connect")),
@@ -1251,7 +1347,10 @@ mod tests {
             tracepoint: "sys_exit_openat".into(),
             problem: LayoutProblem::NoField { field: "ret".into() },
         };
-        assert_eq!(error.to_string(), "tracepoint syscalls/sys_exit_openat: the record has no field ret, which rtid reads");
+        assert_eq!(
+            error.to_string(),
+            "tracepoint syscalls/sys_exit_openat: the record has no field ret, which rtid reads"
+        );
     }
 
     #[test]
@@ -1300,7 +1399,10 @@ mod tests {
             "this kernel has no BTF (/sys/kernel/btf/vmlinux missing; needs CONFIG_DEBUG_INFO_BTF=y)"
         );
         let error = simulated("btf-type:btf_trace_sched_process_fork").expect_err("no fork tracepoint");
-        assert!(matches!(&error, CompatError::MissingBtfType { type_name, .. } if type_name == "btf_trace_sched_process_fork"));
+        assert!(
+            matches!(&error, CompatError::MissingBtfType { program, .. } if program.name == "sched_process_fork"),
+            "{error}"
+        );
         // sched_process_exec (tp_btf, always loaded) kills with bpf_send_signal: refused at once.
         let error = simulated("helper:bpf_send_signal").expect_err("no bpf_send_signal");
         assert!(
@@ -1311,14 +1413,16 @@ mod tests {
         let compat = simulated("tracepoint:sys_enter_connect").expect("deferred");
         let without_lsm = LsmAttachment::default();
         let error = compat.require(&without_lsm).expect_err("needed without LSM");
-        assert!(error.to_string().contains("no tracepoint syscalls/sys_enter_connect although it has the connect syscall"));
+        assert!(
+            error.to_string().contains("no tracepoint syscalls/sys_enter_connect although it has the connect syscall")
+        );
         let with_lsm = LsmAttachment { net: true, ..LsmAttachment::default() };
         assert_eq!(compat.require(&with_lsm), Ok(()), "BPF LSM socket hooks replace it");
     }
 
     #[test]
     fn btf_tracepoints_are_checked_against_the_arguments_read() {
-        let btf = btf_rs::Btf::from_file(RUNNING_KERNEL_BTF).expect("kernel BTF");
+        let btf = open_btf(Path::new(RUNNING_KERNEL_BTF)).expect("kernel BTF");
         let release = kernel_release();
         let program = |name: &str| ObjectProgram {
             name: name.into(),
@@ -1330,14 +1434,37 @@ mod tests {
         }
         let error = check_btf_tracepoint(&btf, &program("sched_no_such_event"), &Simulation::default(), &release)
             .expect_err("absent");
-        assert!(error.to_string().ends_with("has no btf_trace_sched_no_such_event, which tp_btf/sched_no_such_event attaches to"));
+        assert!(
+            error
+                .to_string()
+                .ends_with("has no btf_trace_sched_no_such_event, which tp_btf/sched_no_such_event attaches to")
+        );
     }
 
     #[test]
-    fn syscalls_are_looked_up_in_the_kernels_btf() {
-        let btf = btf_rs::Btf::from_file(RUNNING_KERNEL_BTF).expect("kernel BTF");
+    fn an_absent_tracepoint_is_skipped_only_where_its_syscall_is_absent_too() {
+        let btf = open_btf(Path::new(RUNNING_KERNEL_BTF)).expect("kernel BTF");
         assert!(kernel_has_syscall(&btf, "connect"));
         assert!(kernel_has_syscall(&btf, "openat"));
         assert!(!kernel_has_syscall(&btf, "no_such_syscall_rtid"));
+
+        let compat = Compat {
+            release: "6.18.0-test".into(),
+            btf: BtfSource::default(),
+            skipped: Vec::new(),
+            deferred: Vec::new(),
+            lsm_refused: BTreeMap::new(),
+            lsm_reasons: BTreeMap::new(),
+        };
+        let program = ProgramRef { kind: ProgramKind::TracePoint, name: "sys_exit_open".into() };
+        // As sys_exit_open is on arm64, which has no open syscall.
+        let skipped = compat.absent_tracepoint(&btf, &program, "sys_exit_no_such_syscall_rtid").expect("skipped");
+        assert_eq!(skipped.reason, "this kernel has no no_such_syscall_rtid syscall");
+        let missing = compat.absent_tracepoint(&btf, &program, "sys_exit_openat").expect_err("openat exists");
+        assert_eq!(
+            missing.to_string(),
+            "kernel 6.18.0-test has no tracepoint syscalls/sys_exit_openat although it has the openat syscall; \
+             tracepoint/sys_exit_open needs it to judge file opens without BPF LSM (CONFIG_FTRACE_SYSCALLS=y)"
+        );
     }
 }

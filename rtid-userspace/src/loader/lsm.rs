@@ -132,10 +132,10 @@ fn attach_one(
     pins: &super::pins::Pinner,
     compat: &Compat,
 ) -> Result<(), String> {
-    if let Some(missing) = compat.lsm_hook_refused(hook) {
+    let name = program_for(kernel_btf, hook)?;
+    if let Some(missing) = compat.lsm_hook_refused(name) {
         return Err(missing.to_string());
     }
-    let name = program_for(kernel_btf, hook)?;
     let program: &mut Lsm = ebpf
         .program_mut(name)
         .ok_or_else(|| format!("lsm/{hook} ({name}) missing from the eBPF object"))?

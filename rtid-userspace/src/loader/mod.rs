@@ -3,8 +3,8 @@
 
 pub mod btf_offsets;
 pub mod cgroup;
-pub mod compat;
 mod clock;
+pub mod compat;
 mod explain;
 mod lsm;
 mod maps;
@@ -135,7 +135,8 @@ const FILE_TRACEPOINTS: [&str; 5] =
 const UNIX_TRACEPOINTS: [&str; 2] = ["sys_enter_connect", "sys_enter_sendto"];
 /// Syscall-exit tracepoints where a kill verdict of a cgroup socket hook is
 /// delivered (those hooks may not signal): one program (`sys_exit_net`) on each.
-const NET_EXIT_TRACEPOINTS: [&str; 4] = ["sys_exit_connect", "sys_exit_sendto", "sys_exit_sendmsg", "sys_exit_sendmmsg"];
+const NET_EXIT_TRACEPOINTS: [&str; 4] =
+    ["sys_exit_connect", "sys_exit_sendto", "sys_exit_sendmsg", "sys_exit_sendmmsg"];
 const SCHED_TRACEPOINTS: [&str; 3] = ["sched_process_fork", "sched_process_exec", "sched_process_exit"];
 const CGROUP_SOCK_PROGRAMS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
 
