@@ -66,10 +66,14 @@ fn exit_removes_the_entry_and_a_reused_pid_is_not_identified() {
     harness.expect_event("exit", |e| e.kind == EventKind::Exit as u8 && e.tgid == run.pid);
     assert_eq!(harness.kernel.process_identity(run.pid).expect("map read"), None, "entry removed at exit");
 
-    // Cycle pids until an untagged process gets the same pid (pid_max bounds the wait).
+    // Cycle pids until an untagged process gets the same pid (pid_max bounds
+    // the wait). Setting ns_last_pid just below the target makes the kernel
+    // hand it out next, which saves cycling the whole pid space (minutes
+    // under emulation); another process may take it first, hence the loop.
     let target = run.pid;
     let mut reused = None;
     for _ in 0..200_000 {
+        let _ = std::fs::write("/proc/sys/kernel/ns_last_pid", (target - 1).to_string());
         let child = std::process::Command::new("/bin/true").spawn().expect("spawn");
         let pid = child.id();
         if pid == target {
