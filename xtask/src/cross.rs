@@ -92,7 +92,19 @@ pub fn build_rtid(arch: Arch, release: bool) -> anyhow::Result<PathBuf> {
         command.arg("--release");
     }
     checked(&mut command).with_context(|| format!("building rtid for {}", arch.debian()))?;
-    let binary = profile_dir(arch, release).join("rtid");
+    checked_binary(profile_dir(arch, release).join("rtid"), arch)
+}
+
+/// What `cargo xtask test` runs for `arch`, built with the VM passes'
+/// selection so they reuse it; returns the rtid binary, checked as in [`build_rtid`].
+pub fn build_for_tests(arch: Arch) -> anyhow::Result<PathBuf> {
+    checked(cargo(arch, "build").args(crate::vm::BUILD_SELECTION))
+        .with_context(|| format!("building rtid and its tests for {}", arch.debian()))?;
+    checked_binary(profile_dir(arch, false).join("rtid"), arch)
+}
+
+/// `binary`, if it is an ELF executable for `arch`.
+fn checked_binary(binary: PathBuf, arch: Arch) -> anyhow::Result<PathBuf> {
     let header = read_prefix(&binary, 20)?;
     let machine = elf_machine(&header).with_context(|| format!("{} is not an ELF file", binary.display()))?;
     if machine != elf_machine_of(arch) {

@@ -43,10 +43,10 @@ enum Task {
     },
     /// Run only the VM suites: BPF LSM on each Debian kernel, the fallback with BPF LSM off.
     VmTest {
-        /// Only this kernel (a version from the list: 6.1, 6.12; for arm64: 6.1).
+        /// Only this kernel (a version from the list: 6.1, 6.12, for either architecture).
         #[arg(long)]
         kernel: Option<String>,
-        /// Only kernels of this architecture (default: amd64); arm64 runs in qemu-system-aarch64.
+        /// Only kernels of this architecture (default: amd64); arm64 boots in qemu-system-aarch64.
         #[arg(long, value_enum)]
         arch: Option<kernels::Arch>,
         /// Only this suite (on every kernel, or on --kernel).

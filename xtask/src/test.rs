@@ -94,7 +94,7 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
     println!("== host: unit and integration tests ==");
     let host = host_tests(extra)?;
     println!("== arm64: cross build of rtid ==");
-    cross::build_rtid(Arch::Arm64, false).context("arm64 build failed")?;
+    cross::build_for_tests(Arch::Arm64).context("arm64 build failed")?;
     println!("arm64 build: ok");
     println!("== VMs: BPF LSM suite on each kernel, fallback suite with BPF LSM off ==");
     let passes = vm::run(&vm::default_passes(), extra)?;

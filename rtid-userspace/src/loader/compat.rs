@@ -683,11 +683,21 @@ pub fn find_tracefs(mounts: &str) -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
+/// Legacy syscalls the generic table (include/uapi/asm-generic/unistd.h) has
+/// no number for. arm64 and riscv64 use that table; their kernels still build
+/// `__arm64_sys_open` and the like for 32-bit compat tasks, which pass no
+/// syscall tracepoint, so the entry point in BTF does not mean a native task
+/// can make the call.
+const NOT_IN_GENERIC_TABLE: [&str; 2] = ["open", "creat"];
+
 /// Whether the running kernel has `syscall` at all, from the syscall entry
 /// points in its BTF (`__x64_sys_open`): arm64 has no open or creat, older
 /// kernels no openat2. A tracepoint for a syscall that does not exist is not
 /// needed: nothing can call it.
 fn kernel_has_syscall(btf: &btf_rs::Btf, syscall: &str) -> bool {
+    if cfg!(any(target_arch = "aarch64", target_arch = "riscv64")) && NOT_IN_GENERIC_TABLE.contains(&syscall) {
+        return false;
+    }
     let entry = if cfg!(target_arch = "x86_64") {
         "__x64_sys_"
     } else if cfg!(target_arch = "aarch64") {
