@@ -26,12 +26,11 @@ const HOOK_PROGRAMS: [(&LsmHookLayout, &[(u32, &str)]); 5] = [
 /// The program that serves `hook` on this kernel: the one built for the
 /// argument count of the hook's prototype in BTF (the previous LSM's verdict
 /// sits after the arguments, and programs can only read fixed positions).
-fn program_for(kernel_btf: Option<&btf_rs::Btf>, hook: &str) -> Result<&'static str, String> {
+fn program_for(kernel_btf: &btf_rs::Btf, hook: &str) -> Result<&'static str, String> {
     let (layout, programs) = HOOK_PROGRAMS
         .iter()
         .find(|(layout, _)| layout.hook == hook)
         .ok_or_else(|| format!("lsm/{hook}: no program for this hook"))?;
-    let kernel_btf = kernel_btf.ok_or_else(|| format!("lsm/{hook}: the kernel's BTF cannot be read"))?;
     let count = btf_offsets::lsm_hook_argument_count(kernel_btf, layout)
         .map_err(|error| error.to_string())?
         .ok_or_else(|| format!("lsm/{hook}: the kernel has no bpf_lsm_{hook} (built without BPF LSM)"))?;
@@ -97,17 +96,22 @@ fn bpf_lsm_active() -> Result<(), String> {
 /// Attaches each hook family where this kernel runs it; `compat` says which
 /// hooks cannot run here (a helper they call is missing) and keeps why each
 /// family falls back, for `rtid status`.
-pub fn attach(ebpf: &mut Ebpf, btf: &Btf, pins: &super::pins::Pinner, compat: &mut Compat) -> LsmAttachment {
+pub fn attach(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    kernel_btf: &btf_rs::Btf,
+    pins: &super::pins::Pinner,
+    compat: &mut Compat,
+) -> LsmAttachment {
     if let Err(reason) = bpf_lsm_active() {
         for family in [Family::File, Family::Exec, Family::Net, Family::Protect] {
             compat.lsm_fell_back(family, &reason);
         }
         return LsmAttachment { reason: Some(reason), ..LsmAttachment::default() };
     }
-    let kernel_btf = btf_offsets::running_kernel_btf().ok();
     let mut reasons = Vec::new();
     let mut family = |family: Family, hooks: &[&str]| -> bool {
-        hooks.iter().all(|hook| match attach_one(ebpf, btf, kernel_btf.as_ref(), hook, pins, compat) {
+        hooks.iter().all(|hook| match attach_one(ebpf, btf, kernel_btf, hook, pins, compat) {
             Ok(()) => true,
             Err(reason) => {
                 compat.lsm_fell_back(family, &reason);
@@ -127,7 +131,7 @@ pub fn attach(ebpf: &mut Ebpf, btf: &Btf, pins: &super::pins::Pinner, compat: &m
 fn attach_one(
     ebpf: &mut Ebpf,
     btf: &Btf,
-    kernel_btf: Option<&btf_rs::Btf>,
+    kernel_btf: &btf_rs::Btf,
     hook: &str,
     pins: &super::pins::Pinner,
     compat: &Compat,

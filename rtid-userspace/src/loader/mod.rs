@@ -156,7 +156,10 @@ impl RtidKernel {
         }
         let mut compat = compat::check(EBPF_OBJECT)?;
         let pins = pins::Pinner::new(options.pin_dir.as_deref())?;
-        let offsets: KernelOffsets = btf_offsets::running_kernel_offsets()?;
+        // Opened once: on kernels whose BTF cannot be mapped, each parse costs
+        // a third of a second natively and far more under emulation.
+        let kernel_btf = btf_offsets::running_kernel_btf()?;
+        let offsets: KernelOffsets = btf_offsets::offsets(&kernel_btf)?;
         let mut ebpf = EbpfLoader::new()
             .override_global("KERNEL_OFFSETS", &offsets, true)
             .map_max_entries("EVENTS", options.ring_bytes)
@@ -164,7 +167,7 @@ impl RtidKernel {
         let btf = Btf::from_sys_fs()?;
         let lsm = match options.lsm {
             LsmMode::Off => lsm::LsmAttachment::default(),
-            LsmMode::Auto | LsmMode::Required => lsm::attach(&mut ebpf, &btf, &pins, &mut compat),
+            LsmMode::Auto | LsmMode::Required => lsm::attach(&mut ebpf, &btf, &kernel_btf, &pins, &mut compat),
         };
         if options.lsm == LsmMode::Required && !lsm.all() {
             return Err(LoadError::LsmUnavailable(lsm.reason.clone().unwrap_or_default()));
