@@ -5,7 +5,7 @@ use crate::identity::IdentityId;
 /// Path bytes carried in an event (file, binary or unix socket path).
 pub const EVENT_PATH_BYTES: usize = 512;
 /// Bump when the layout of `Event` changes.
-pub const EVENT_WIRE_VERSION: u16 = 1;
+pub const EVENT_WIRE_VERSION: u16 = 2;
 
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -17,8 +17,15 @@ pub enum EventKind {
     ProcessStart = 5,
     Exit = 6,
     IdentityChange = 7,
-    /// A tagged process tried to touch the monitor itself (the bpf() syscall).
+    /// A tagged process tried to touch the monitor itself (`rule_id` is the
+    /// `protection::*` that held, `detail` the target tgid for signals and
+    /// ptrace), or userspace found enforcement detached.
     Tamper = 8,
+    /// A capability check of a tagged process (`detail`: the capability number).
+    Capability = 9,
+    /// A change to a path other than an open: unlink, rename, link, truncate,
+    /// chmod, chown (`detail`: `file_change::*`).
+    FileChange = 10,
 }
 
 impl EventKind {
@@ -32,6 +39,8 @@ impl EventKind {
             6 => EventKind::Exit,
             7 => EventKind::IdentityChange,
             8 => EventKind::Tamper,
+            9 => EventKind::Capability,
+            10 => EventKind::FileChange,
             _ => return None,
         })
     }
@@ -46,6 +55,8 @@ impl EventKind {
             EventKind::Exit => "exit",
             EventKind::IdentityChange => "identity_change",
             EventKind::Tamper => "tamper",
+            EventKind::Capability => "capability",
+            EventKind::FileChange => "file_change",
         }
     }
 }
@@ -62,6 +73,35 @@ pub mod event_flags {
     pub const BACKEND_FALLBACK: u16 = 1 << 3;
     /// This refusal tripped the identity's quarantine: the kernel revoked it (or killed the actor).
     pub const QUARANTINE_TRIPPED: u16 = 1 << 4;
+}
+
+/// What a `FileChange` event did to its path (`Event::detail`).
+pub mod file_change {
+    pub const UNLINK: u32 = 1;
+    pub const RMDIR: u32 = 2;
+    /// The old name of a rename.
+    pub const RENAME_FROM: u32 = 3;
+    /// The new name of a rename (what a rename-over replaces).
+    pub const RENAME_TO: u32 = 4;
+    /// The new name of a hard link.
+    pub const LINK: u32 = 5;
+    pub const TRUNCATE: u32 = 6;
+    pub const CHMOD: u32 = 7;
+    pub const CHOWN: u32 = 8;
+
+    pub const fn name(op: u32) -> &'static str {
+        match op {
+            UNLINK => "unlink",
+            RMDIR => "rmdir",
+            RENAME_FROM => "rename_from",
+            RENAME_TO => "rename_to",
+            LINK => "link",
+            TRUNCATE => "truncate",
+            CHMOD => "chmod",
+            CHOWN => "chown",
+            _ => "change",
+        }
+    }
 }
 
 /// Address families in `NetObject::family`.
@@ -125,6 +165,10 @@ pub struct Event {
     pub related_tgid: u32,
     /// Policy generation in force when judged.
     pub generation: u32,
+    /// Kind-specific: the capability number (`Capability`), the change
+    /// (`FileChange`, `file_change::*`), the target tgid (`Tamper` by signal or ptrace).
+    pub detail: u32,
+    pub _reserved: u32,
     pub net: NetObject,
     pub comm: [u8; 16],
     pub path: [u8; EVENT_PATH_BYTES],

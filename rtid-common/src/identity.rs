@@ -74,6 +74,17 @@ pub struct IdentityPolicy {
     /// What a file `deny` becomes on a backend that cannot refuse opens (Kill or Flag).
     pub file_deny_fallback: u8,
     pub _pad: u8,
+    /// `guard::*` bits: built-in refusals this identity has.
+    pub guards: u32,
+    /// Bit mask of capability numbers (`capability::NAMES`) the identity may
+    /// not use, whatever its credentials hold: its capability ceiling.
+    pub denied_capabilities: u64,
+}
+
+/// Bits of `IdentityPolicy::guards`.
+pub mod guard {
+    /// Creating user namespaces is refused.
+    pub const DENY_USER_NAMESPACES: u32 = 1 << 0;
 }
 
 /// Value of `IDENTITY_STATUS`, keyed by identity id. Kept apart from the
@@ -119,6 +130,10 @@ pub struct RuntimeState {
     /// Non-zero when `EXEC_SELECTORS` has entries: untagged execs only
     /// resolve their binary's path then.
     pub exec_selectors: u32,
+    /// tgid of the daemon (0: none): tagged processes may not signal or trace it.
+    pub daemon_tgid: u32,
+    /// Non-zero when `PROTECTED_PATHS` has entries.
+    pub protected_paths: u32,
 }
 
 #[cfg(feature = "user")]

@@ -55,6 +55,29 @@ pub mod lsm_hook_arguments {
     pub const BPF: u32 = 3;
     /// `bpf(..., bool kernel)` from 6.9.
     pub const BPF_WITH_KERNEL_FLAG: u32 = 4;
+    /// `capable(const struct cred *, struct user_namespace *, int cap, unsigned int opts)`.
+    pub const CAPABLE: u32 = 4;
+    /// `userns_create(const struct cred *)` (6.1 and later).
+    pub const USERNS_CREATE: u32 = 1;
+    /// `task_kill(struct task_struct *, struct kernel_siginfo *, int sig, const struct cred *)`.
+    pub const TASK_KILL: u32 = 4;
+    /// `ptrace_access_check(struct task_struct *child, unsigned int mode)`.
+    pub const PTRACE_ACCESS_CHECK: u32 = 2;
+    /// `path_unlink(const struct path *dir, struct dentry *dentry)`.
+    pub const PATH_UNLINK: u32 = 2;
+    /// `path_rmdir(const struct path *dir, struct dentry *dentry)`.
+    pub const PATH_RMDIR: u32 = 2;
+    /// `path_rename(const struct path *old_dir, struct dentry *old_dentry,
+    /// const struct path *new_dir, struct dentry *new_dentry, unsigned int flags)`.
+    pub const PATH_RENAME: u32 = 5;
+    /// `path_link(struct dentry *old_dentry, const struct path *new_dir, struct dentry *new_dentry)`.
+    pub const PATH_LINK: u32 = 3;
+    /// `path_truncate(const struct path *path)`.
+    pub const PATH_TRUNCATE: u32 = 1;
+    /// `path_chmod(const struct path *path, umode_t mode)`.
+    pub const PATH_CHMOD: u32 = 2;
+    /// `path_chown(const struct path *path, kuid_t uid, kgid_t gid)`.
+    pub const PATH_CHOWN: u32 = 3;
 }
 
 /// `fmode_t` bits read from `struct file::f_mode` (include/linux/fs.h; stable ABI of the VFS).
@@ -76,8 +99,15 @@ pub mod counter {
     pub const PROCESS_TABLE_FULL: u32 = 3;
     /// Actions judged (tagged processes only).
     pub const JUDGED: u32 = 4;
+    /// Children of tagged processes killed because the process table was full.
+    pub const UNTAGGABLE_KILLED: u32 = 5;
+    /// Attempts by tagged processes on rtid itself (bpf, signals, ptrace, its files, its socket).
+    pub const TAMPER: u32 = 6;
     pub const COUNT: u32 = 8;
 }
+
+/// Ruleset id of `PROTECTED_PATHS` keys: rtid's own files, the same for every identity.
+pub const PROTECTED_RULESET: u32 = u32::MAX;
 
 /// Which enforcement each hook family uses, set by userspace after probing.
 #[repr(C)]
@@ -96,7 +126,12 @@ crate::impl_pod!(KernelOffsets, BackendConfig);
 /// Map capacities: the kernel side sizes its maps with these, the policy
 /// compiler refuses anything that would not fit.
 pub mod limits {
+    /// Default size of the process table (the daemon's `--max-processes`).
     pub const MAX_PROCESSES: u32 = 65536;
+    /// Paths in `PROTECTED_PATHS`.
+    pub const MAX_PROTECTED_PATHS: u32 = 256;
+    /// Children waiting to be killed because the process table had no room for them.
+    pub const MAX_UNTAGGABLE: u32 = 1024;
     pub const MAX_IDENTITIES: u32 = 4096;
     pub const MAX_CGROUP_BINDINGS: u32 = 1024;
     pub const MAX_QUARANTINES: u32 = 4096;

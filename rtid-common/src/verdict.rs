@@ -103,6 +103,9 @@ pub enum DecisionSource {
     IdentityRevoked = 3,
     /// Not a decision: a lifecycle event (process start, exit, label change).
     Lifecycle = 4,
+    /// One of rtid's built-in protections of itself and the host decided;
+    /// `rule_id` is the `protection::*` id.
+    Protected = 5,
 }
 
 impl DecisionSource {
@@ -112,6 +115,7 @@ impl DecisionSource {
             1 => DecisionSource::Default,
             2 => DecisionSource::IdentityExpired,
             3 => DecisionSource::IdentityRevoked,
+            5 => DecisionSource::Protected,
             _ => DecisionSource::Lifecycle,
         }
     }
@@ -123,7 +127,106 @@ impl DecisionSource {
             DecisionSource::IdentityExpired => "identity_expired",
             DecisionSource::IdentityRevoked => "identity_revoked",
             DecisionSource::Lifecycle => "lifecycle",
+            DecisionSource::Protected => "protected",
         }
+    }
+}
+
+/// Built-in protections: the `rule_id` of a decision whose source is
+/// `DecisionSource::Protected`. Not policy: every identity has them.
+pub mod protection {
+    /// The bpf() syscall (reaches every program and map).
+    pub const BPF_SYSCALL: u32 = 1;
+    /// rtid's own files: pin dir, policy, config, state, audit log, socket, binary.
+    pub const PROTECTED_FILE: u32 = 2;
+    /// Connecting to the control socket.
+    pub const CONTROL_SOCKET: u32 = 3;
+    /// Signalling the daemon.
+    pub const DAEMON_SIGNAL: u32 = 4;
+    /// Tracing the daemon or reaching its memory (ptrace, process_vm_*, /proc/<pid>/mem).
+    pub const DAEMON_TRACE: u32 = 5;
+    /// A capability above the identity's ceiling.
+    pub const CAPABILITY: u32 = 6;
+    /// Creating a user namespace.
+    pub const USER_NAMESPACE: u32 = 7;
+    /// A child of a tagged process that the full process table could not tag: killed.
+    pub const CAPACITY: u32 = 8;
+    /// Enforcement found detached or unpinned (raised by userspace).
+    pub const DETACHED: u32 = 9;
+
+    /// The name events, `policy explain` and `status` use.
+    pub const fn name(id: u32) -> &'static str {
+        match id {
+            BPF_SYSCALL => "rtid/bpf",
+            PROTECTED_FILE => "rtid/protected",
+            CONTROL_SOCKET => "rtid/control-socket",
+            DAEMON_SIGNAL => "rtid/daemon-signal",
+            DAEMON_TRACE => "rtid/daemon-trace",
+            CAPABILITY => "rtid/capability",
+            USER_NAMESPACE => "rtid/user-namespace",
+            CAPACITY => "rtid/capacity",
+            DETACHED => "rtid/detached",
+            _ => "rtid/unknown",
+        }
+    }
+}
+
+/// Linux capability numbers (include/uapi/linux/capability.h) by name, for the
+/// capability ceiling (`IdentityPolicy::denied_capabilities` is a bit mask of them).
+pub mod capability {
+    pub const NAMES: [&str; 41] = [
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_DAC_READ_SEARCH",
+        "CAP_FOWNER",
+        "CAP_FSETID",
+        "CAP_KILL",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETPCAP",
+        "CAP_LINUX_IMMUTABLE",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_NET_BROADCAST",
+        "CAP_NET_ADMIN",
+        "CAP_NET_RAW",
+        "CAP_IPC_LOCK",
+        "CAP_IPC_OWNER",
+        "CAP_SYS_MODULE",
+        "CAP_SYS_RAWIO",
+        "CAP_SYS_CHROOT",
+        "CAP_SYS_PTRACE",
+        "CAP_SYS_PACCT",
+        "CAP_SYS_ADMIN",
+        "CAP_SYS_BOOT",
+        "CAP_SYS_NICE",
+        "CAP_SYS_RESOURCE",
+        "CAP_SYS_TIME",
+        "CAP_SYS_TTY_CONFIG",
+        "CAP_MKNOD",
+        "CAP_LEASE",
+        "CAP_AUDIT_WRITE",
+        "CAP_AUDIT_CONTROL",
+        "CAP_SETFCAP",
+        "CAP_MAC_OVERRIDE",
+        "CAP_MAC_ADMIN",
+        "CAP_SYSLOG",
+        "CAP_WAKE_ALARM",
+        "CAP_BLOCK_SUSPEND",
+        "CAP_AUDIT_READ",
+        "CAP_PERFMON",
+        "CAP_BPF",
+        "CAP_CHECKPOINT_RESTORE",
+    ];
+
+    /// The name of capability `number`, or "CAP_UNKNOWN".
+    pub fn name(number: u32) -> &'static str {
+        NAMES.get(number as usize).copied().unwrap_or("CAP_UNKNOWN")
+    }
+
+    /// The number of a capability named with or without `CAP_`, any case.
+    pub fn number(name: &str) -> Option<u32> {
+        let bare = name.strip_prefix("CAP_").or_else(|| name.strip_prefix("cap_")).unwrap_or(name);
+        NAMES.iter().position(|known| known[4..].eq_ignore_ascii_case(bare)).map(|index| index as u32)
     }
 }
 

@@ -29,6 +29,8 @@ pub struct EventFacts {
     pub generation: u32,
     pub access: u8,
     pub related_tgid: u32,
+    /// `Event::detail`: capability number, file change, or target tgid.
+    pub detail: u32,
 }
 
 /// A lifecycle event carries no decision.
@@ -108,6 +110,8 @@ pub fn emit(facts: &EventFacts, decision: &Decision, enforcement: &Enforcement, 
         (*event).cgroup_id = bpf_get_current_cgroup_id();
         (*event).related_tgid = facts.related_tgid;
         (*event).generation = facts.generation;
+        (*event).detail = facts.detail;
+        (*event)._reserved = 0;
         bpf_get_current_comm_raw((*event).comm.as_mut_ptr() as *mut _, 16);
         (*event).path_len = 0;
         (*event).net = NetObject::default();

@@ -100,6 +100,7 @@ pub fn judge_exec(process: &ProcessIdentity, bprm: KernelPtr, backend: Backend) 
         generation: active.generation,
         access: access::EXEC,
         related_tgid: 0,
+        detail: 0,
     };
     emit(&facts, &decision, &enforcement, EventObject::Path(scratch, resolved));
     Ok(enforcement)

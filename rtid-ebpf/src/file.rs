@@ -90,6 +90,7 @@ pub fn judge_file(process: &ProcessIdentity, file: KernelPtr, backend: Backend) 
             generation: active.generation,
             access: requested,
             related_tgid: 0,
+            detail: 0,
         };
         emit(&facts, &decision, &enforcement, EventObject::Path(scratch, resolved));
     }

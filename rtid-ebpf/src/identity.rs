@@ -60,6 +60,7 @@ fn try_sched_process_fork(ctx: &BtfTracePointContext) -> Result<(), ReadError> {
         generation: active.generation,
         access: 0,
         related_tgid: child_tgid,
+        detail: 0,
     };
     emit(&facts, &LIFECYCLE.0, &LIFECYCLE.1, EventObject::None);
     Ok(())
@@ -118,6 +119,7 @@ fn try_sched_process_exit(ctx: &BtfTracePointContext) -> Result<(), ReadError> {
         generation: active.generation,
         access: 0,
         related_tgid: 0,
+        detail: 0,
     };
     emit(&facts, &LIFECYCLE.0, &LIFECYCLE.1, EventObject::None);
     Ok(())

@@ -43,6 +43,8 @@ const MISSING_POLICY: IdentityPolicy = IdentityPolicy {
     on_expiry: Verdict::Deny as u8,
     file_deny_fallback: Verdict::Kill as u8,
     _pad: 0,
+    guards: rtid_common::guard::DENY_USER_NAMESPACES,
+    denied_capabilities: u64::MAX,
 };
 
 #[inline(always)]

@@ -168,6 +168,7 @@ fn net_facts(kind: EventKind, process: &ProcessIdentity, generation: u32) -> Eve
         generation,
         access: 0,
         related_tgid: 0,
+        detail: 0,
     }
 }
 

@@ -27,6 +27,7 @@ fn report(process: &ProcessIdentity, backend: Backend, outcome: Outcome) {
         generation: active.generation,
         access: 0,
         related_tgid: 0,
+        detail: 0,
     };
     let decision = Decision { verdict: Verdict::Deny, source: DecisionSource::Default, rule_id: 0 };
     let errno = if outcome == Outcome::Blocked { EPERM } else { 0 };

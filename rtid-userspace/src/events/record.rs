@@ -3,7 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use rtid_common::{AF_INET6, AF_UNIX, Backend, DecisionSource, Event, EventKind, Outcome, Verdict, event_flags};
+use rtid_common::{
+    AF_INET6, AF_UNIX, Backend, DecisionSource, Event, EventKind, Outcome, Verdict, capability, event_flags, file_change,
+    protection,
+};
 
 /// Version of the JSON event schema (README: Events).
 pub const EVENT_SCHEMA: &str = "rtid.event/v1";
@@ -39,6 +42,15 @@ pub struct EventRecord {
     pub flags: Vec<String>,
     pub generation: u32,
     pub related_tgid: Option<u32>,
+    /// `capability` events: the capability's name (`CAP_SYS_ADMIN`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capability: Option<String>,
+    /// `file_change` events: what was done to the path (`unlink`, `rename_to`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<String>,
+    /// `tamper` events aimed at a process (signal, ptrace): its tgid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_tgid: Option<u32>,
     // What the daemon adds (README: Events). Defaults until the daemon enriches.
     /// Per-node sequence number, in the order events left the kernel ring.
     #[serde(default)]
@@ -132,6 +144,9 @@ impl EventRecord {
             flags: Vec::new(),
             generation: 0,
             related_tgid: None,
+            capability: None,
+            change: None,
+            target_tgid: None,
             seq: 0,
             time: String::new(),
             node: String::new(),
@@ -150,9 +165,16 @@ impl EventRecord {
         let unix = event.flags & event_flags::UNIX_SOCKET != 0;
         let path = (!event.path_bytes().is_empty()).then(|| String::from_utf8_lossy(event.path_bytes()).into_owned());
         let (address, port, protocol) = if is_net && !unix { net_fields(event) } else { (None, None, None) };
-        let rule = (DecisionSource::from_u8(event.decision) == DecisionSource::Rule && event.rule_id != 0)
-            .then(|| names.rule(event.rule_id))
-            .flatten();
+        let source = DecisionSource::from_u8(event.decision);
+        let rule = match source {
+            DecisionSource::Rule if event.rule_id != 0 => names.rule(event.rule_id),
+            // Built-in protections are named, not numbered, and need no policy to explain them.
+            DecisionSource::Protected => Some((
+                protection::name(event.rule_id).to_string(),
+                "built-in protection of rtid and the host (README: Threat model)".to_string(),
+            )),
+            _ => None,
+        };
         EventRecord {
             schema: EVENT_SCHEMA.into(),
             kind: kind.map_or("unknown", EventKind::name).into(),
@@ -181,6 +203,9 @@ impl EventRecord {
             flags: flag_names(event.flags),
             generation: event.generation,
             related_tgid: (event.related_tgid != 0).then_some(event.related_tgid),
+            capability: (kind == Some(EventKind::Capability)).then(|| capability::name(event.detail).to_string()),
+            change: (kind == Some(EventKind::FileChange)).then(|| file_change::name(event.detail).to_string()),
+            target_tgid: (kind == Some(EventKind::Tamper) && event.detail != 0).then_some(event.detail),
             ..EventRecord::from_daemon("")
         }
     }

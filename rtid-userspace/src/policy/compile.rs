@@ -259,6 +259,9 @@ fn identity_policy(spec: &IdentitySpec) -> IdentityPolicy {
         on_expiry: spec.on_expiry as u8,
         file_deny_fallback: spec.file_deny_fallback as u8,
         _pad: 0,
+        // Filled from the policy's capability ceiling and guards (issue 10).
+        guards: 0,
+        denied_capabilities: 0,
     }
 }
 
