@@ -88,6 +88,8 @@ pub mod file_change {
     pub const TRUNCATE: u32 = 6;
     pub const CHMOD: u32 = 7;
     pub const CHOWN: u32 = 8;
+    /// A new name (file, directory, device node, symlink) created in a protected directory.
+    pub const CREATE: u32 = 9;
 
     pub const fn name(op: u32) -> &'static str {
         match op {
@@ -99,6 +101,7 @@ pub mod file_change {
             TRUNCATE => "truncate",
             CHMOD => "chmod",
             CHOWN => "chown",
+            CREATE => "create",
             _ => "change",
         }
     }

@@ -35,6 +35,8 @@ pub struct KernelOffsets {
     pub socket_type: u32,
     pub msghdr_msg_name: u32,
     pub msghdr_msg_namelen: u32,
+    /// `struct unix_sock::path`: where a bound AF_UNIX socket lives.
+    pub unix_sock_path: u32,
     /// Non-zero once userspace filled the struct; programs refuse to walk
     /// kernel memory with an all-zero table.
     pub valid: u32,
@@ -78,6 +80,14 @@ pub mod lsm_hook_arguments {
     pub const PATH_CHMOD: u32 = 2;
     /// `path_chown(const struct path *path, kuid_t uid, kgid_t gid)`.
     pub const PATH_CHOWN: u32 = 3;
+    /// `path_mknod(const struct path *dir, struct dentry *dentry, umode_t mode, unsigned int dev)`.
+    pub const PATH_MKNOD: u32 = 4;
+    /// `path_mkdir(const struct path *dir, struct dentry *dentry, umode_t mode)`.
+    pub const PATH_MKDIR: u32 = 3;
+    /// `path_symlink(const struct path *dir, struct dentry *dentry, const char *old_name)`.
+    pub const PATH_SYMLINK: u32 = 3;
+    /// `unix_stream_connect(struct sock *sock, struct sock *other, struct sock *newsk)`.
+    pub const UNIX_STREAM_CONNECT: u32 = 3;
 }
 
 /// `fmode_t` bits read from `struct file::f_mode` (include/linux/fs.h; stable ABI of the VFS).
@@ -118,6 +128,36 @@ pub struct BackendConfig {
     pub lsm_file: u32,
     pub lsm_exec: u32,
     pub lsm_net: u32,
+    /// `lsm_integrity::*` bits: which integrity hook families BPF LSM serves
+    /// (read back when pins are adopted, for `protections`).
+    pub lsm_integrity: u32,
+}
+
+/// How `sys_enter_privileged` (the capability ceiling's fallback) decides
+/// whether a call needs its capability: the second byte of a
+/// `PRIVILEGED_SYSCALLS` value, whose low byte is the capability number.
+pub mod privileged_check {
+    /// Every call does.
+    pub const ALWAYS: u32 = 0;
+    /// `unshare`, `clone`: when argument 0 has a `CLONE_NEW*` bit
+    /// (`CLONE_NEWUSER` alone answers to the user-namespace guard instead).
+    pub const NAMESPACE_FLAGS: u32 = 1;
+    /// `socket`: a packet socket, or `SOCK_RAW`.
+    pub const RAW_SOCKET: u32 = 2;
+    /// `clone3`: the flags of the `struct clone_args` argument 0 points to.
+    pub const CLONE3_FLAGS: u32 = 3;
+}
+
+/// Bits of `BackendConfig::lsm_integrity`.
+pub mod lsm_integrity {
+    /// `task_kill` and `ptrace_access_check`.
+    pub const DAEMON: u32 = 1 << 0;
+    /// The `path_*` hooks.
+    pub const PATHS: u32 = 1 << 1;
+    /// `capable` and `userns_create`.
+    pub const CAPABILITY: u32 = 1 << 2;
+    /// `unix_stream_connect` (connects judged on the socket the kernel found).
+    pub const UNIX_PATH: u32 = 1 << 3;
 }
 
 #[cfg(feature = "user")]

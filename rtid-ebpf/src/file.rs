@@ -12,10 +12,11 @@ use rtid_common::{Backend, EventKind, FMODE_READ, FMODE_WRITE, ProcessIdentity, 
 
 use crate::{
     events::{EventFacts, EventObject, emit},
-    judge::{Enforcement, active_policy, decide_path_action, enforce_for, identity_of, should_report},
+    judge::{Enforcement, active_policy, decide_path_action, enforce_for, identity_of, settle_decision, should_report},
     kernel::{KernelPtr, ReadError, current_task, file_mode, file_of_fd, file_path, offsets_valid},
     maps::{BACKEND_CONFIG, count},
     path::{resolve, scratch},
+    protect::{protected_decision, protected_path},
 };
 
 /// Offset of `ret` in every `syscalls/sys_exit_*` tracepoint record (after the
@@ -80,7 +81,14 @@ pub fn judge_file(process: &ProcessIdentity, file: KernelPtr, backend: Backend) 
     let resolved = resolve(scratch, mnt, dentry)?;
 
     let active = active_policy(process.identity);
-    let decision = decide_path_action(process, &active, scratch, &resolved, requested, active.policy.default_file);
+    // rtid's own files first, so no rule can allow what they refuse: writes,
+    // and any open of the daemon's memory.
+    let protection = protected_path(scratch, &resolved)
+        .filter(|protection| requested & access::WRITE != 0 || *protection == rtid_common::protection::DAEMON_TRACE);
+    let decision = match protection {
+        Some(protection) => settle_decision(protected_decision(protection)),
+        None => decide_path_action(process, &active, scratch, &resolved, requested, active.policy.default_file),
+    };
     let enforcement = enforce_for(process.identity, &decision, &active, backend == Backend::Lsm);
     if should_report(&decision, &active.policy) {
         let facts = EventFacts {

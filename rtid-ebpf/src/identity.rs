@@ -2,17 +2,18 @@
 //! identity at fork, before they first run; entries leave with the process.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_pid_tgid},
-    macros::btf_tracepoint,
-    programs::BtfTracePointContext,
+    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_pid_tgid, bpf_send_signal},
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
 };
-use rtid_common::{Backend, EventKind, ProcessIdentity, counter, label_source};
+use rtid_common::{Backend, EventKind, ProcessIdentity, SIGKILL, counter, label_source, protection};
 
 use crate::{
     events::{EventFacts, EventObject, LIFECYCLE, emit},
     judge::{active_policy, identity_of},
     kernel::{KernelPtr, ReadError, offsets_valid, process_start_ns, task_pid, task_tgid, thread_group_dead},
-    maps::{CGROUP_IDENTITY, PROCESS_IDENTITY, RUNTIME_STATE, count},
+    maps::{CGROUP_IDENTITY, PROCESS_IDENTITY, RUNTIME_STATE, UNTAGGABLE, count},
+    protect::{protected_decision, protected_enforcement},
 };
 
 /// Cgroup levels searched for a bound ancestor.
@@ -50,7 +51,14 @@ fn try_sched_process_fork(ctx: &BtfTracePointContext) -> Result<(), ReadError> {
     let start = process_start_ns(child)?;
     let entry = ProcessIdentity { identity, source, start_boottime_ns: start };
     if PROCESS_IDENTITY.insert(&child_tgid, &entry, 0).is_err() {
+        // Fail closed: the child must not run untagged. It is killed in its
+        // own context on its way back from fork (`sys_exit_fork`), before its
+        // first user-space instruction.
         count(counter::PROCESS_TABLE_FULL);
+        if UNTAGGABLE.insert(&child_tgid, &identity, 0).is_err() {
+            count(counter::HOOK_ERROR);
+        }
+        return Ok(());
     }
     let active = active_policy(identity);
     let facts = EventFacts {
@@ -103,6 +111,9 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
 fn try_sched_process_exit(ctx: &BtfTracePointContext) -> Result<(), ReadError> {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let Some(process) = identity_of(tgid) else {
+        // A child killed before it reached `sys_exit_fork` leaves no entry for
+        // a later process with its pid to be killed by.
+        let _ = UNTAGGABLE.remove(&tgid);
         return Ok(());
     };
     let task: KernelPtr = ctx.arg(0);
@@ -123,4 +134,34 @@ fn try_sched_process_exit(ctx: &BtfTracePointContext) -> Result<(), ReadError> {
     };
     emit(&facts, &LIFECYCLE.0, &LIFECYCLE.1, EventObject::None);
     Ok(())
+}
+
+/// syscalls/sys_exit_{clone,clone3,fork,vfork}: `long ret`. A new process
+/// passes here first, returning 0 from fork in its own context (ret_from_fork
+/// takes the syscall exit path); a child the full process table could not
+/// tag is killed here, before its first user-space instruction. Every fork on
+/// the node pays one lookup in a map that is empty unless the table filled.
+#[tracepoint(category = "syscalls", name = "sys_exit_clone")]
+pub fn sys_exit_fork(_ctx: TracePointContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: copied out at once.
+    let Some(identity) = (unsafe { UNTAGGABLE.get(&tgid) }).copied() else {
+        return 0;
+    };
+    // SAFETY: signals the current task; no memory is involved.
+    unsafe { bpf_send_signal(SIGKILL) };
+    let _ = UNTAGGABLE.remove(&tgid);
+    count(counter::UNTAGGABLE_KILLED);
+    let active = active_policy(identity);
+    let facts = EventFacts {
+        kind: EventKind::ProcessStart,
+        backend: Backend::Tracepoint,
+        identity,
+        generation: active.generation,
+        access: 0,
+        related_tgid: tgid,
+        detail: 0,
+    };
+    emit(&facts, &protected_decision(protection::CAPACITY), &protected_enforcement(false), EventObject::None);
+    0
 }

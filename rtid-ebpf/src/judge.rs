@@ -249,7 +249,7 @@ pub fn enforce(decision: &Decision, policy: &IdentityPolicy, can_refuse: bool) -
 }
 
 #[inline(always)]
-fn settle_enforcement(enforcement: Enforcement) -> Enforcement {
+pub fn settle_enforcement(enforcement: Enforcement) -> Enforcement {
     let Some(scratch) = crate::path::scratch() else { return enforcement };
     let packed = (enforcement.outcome as u64) << 56
         | (enforcement.kill as u64) << 48
@@ -266,6 +266,10 @@ fn settle_enforcement(enforcement: Enforcement) -> Enforcement {
 
 #[inline(always)]
 fn choose_enforcement(decision: &Decision, policy: &IdentityPolicy, can_refuse: bool) -> Enforcement {
+    if decision.source == DecisionSource::Protected {
+        // Built-in protections hold in audit mode too, and kill where they cannot refuse.
+        return crate::protect::protected_enforcement(can_refuse);
+    }
     let audit_mode = policy.mode == mode::AUDIT;
     let flags = if audit_mode { event_flags::AUDIT_MODE } else { 0 };
     let allowed = Enforcement { outcome: Outcome::Allowed, errno: 0, kill: false, flags };

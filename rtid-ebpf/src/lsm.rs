@@ -14,13 +14,15 @@ use rtid_common::{
 };
 
 use crate::{
+    events::EventObject,
     exec::judge_exec,
     file::judge_file,
     judge::{Enforcement, identity_of},
-    kernel::{KernelPtr, ReadError, file_flags, file_mode, read_at},
+    kernel::{KernelPtr, ReadError, file_flags, file_mode, read_at, read_ptr},
     maps::{count, offset},
     net::{UserOrKernel, judge_inet, judge_unix_path, read_unix_path},
-    path::scratch,
+    path::{resolve, scratch},
+    protect::{paths_protected, protected_path, report_protection},
 };
 
 const SOCK_STREAM: u16 = 1;
@@ -30,7 +32,7 @@ const SOCK_DGRAM: u16 = 2;
 /// Since 6.12 the verifier proves an LSM program returns 0 or an errno in
 /// [-4095, -1]; a constant per errno rtid uses gives it that proof.
 #[inline(always)]
-fn lsm_return(enforcement: &Enforcement) -> i32 {
+pub fn lsm_return(enforcement: &Enforcement) -> i32 {
     match enforcement.outcome {
         Outcome::Blocked => match enforcement.errno {
             rtid_common::EACCES => -rtid_common::EACCES,
@@ -155,5 +157,51 @@ fn judge_sockaddr(
             Ok(judge_unix_path(process, scratch, path_len, kind, Backend::Lsm))
         }
         _ => Ok(allowed),
+    }
+}
+
+/// include/linux/lsm_hook_defs.h: `LSM_HOOK(int, 0, unix_stream_connect,
+/// struct sock *sock, struct sock *other, struct sock *newsk)`. `other` is the
+/// listening socket the kernel found: its bound path (`unix_sock::path`) is
+/// judged against rtid's protected paths, so a relative name, a symlink or a
+/// /proc/<pid>/root detour reaches the same answer as the socket's own path.
+#[lsm(hook = "unix_stream_connect")]
+pub fn unix_stream_connect(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(lsm_hook_arguments::UNIX_STREAM_CONNECT as usize);
+    if previous != 0 {
+        return previous;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let Some(process) = identity_of(tgid) else {
+        return 0;
+    };
+    if !paths_protected() {
+        return 0;
+    }
+    let other: KernelPtr = ctx.arg(1);
+    let path = other.wrapping_add(offset!(unix_sock_path));
+    // An abstract or unbound socket has no path: nothing of rtid's.
+    let (Ok(mnt), Ok(dentry)) = (read_ptr(path, offset!(path_mnt)), read_ptr(path, offset!(path_dentry))) else {
+        return 0;
+    };
+    let Some(scratch) = scratch() else {
+        return 0;
+    };
+    let Ok(resolved) = resolve(scratch, mnt, dentry) else {
+        return 0;
+    };
+    match protected_path(scratch, &resolved) {
+        Some(protection) => {
+            report_protection(
+                &process,
+                EventKind::Connect,
+                Backend::Lsm,
+                protection,
+                0,
+                EventObject::Path(scratch, resolved),
+            );
+            -rtid_common::EPERM
+        }
+        None => 0,
     }
 }

@@ -3,6 +3,8 @@
 #![no_std]
 #![no_main]
 
+mod capability;
+mod change;
 mod events;
 mod exec;
 mod file;
@@ -14,6 +16,7 @@ mod maps;
 mod net;
 mod path;
 mod protect;
+mod task;
 
 #[cfg(not(test))]
 #[panic_handler]

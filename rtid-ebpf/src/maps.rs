@@ -80,6 +80,27 @@ pub static NET_RULES: LpmTrie<NetKey, NetRuleList> = LpmTrie::with_max_entries(M
 #[map]
 pub static PENDING_KILLS: HashMap<u64, u8> = HashMap::with_max_entries(1024, 0);
 
+/// rtid's own files (ruleset `PROTECTED_RULESET`, keyed like the path rule
+/// tries: directories as `dir/` without NUL, exact paths with their NUL) to
+/// the `protection::*` id that guards them. Judged before any policy rule.
+#[map]
+pub static PROTECTED_PATHS: LpmTrie<PathKey, u32> =
+    LpmTrie::with_max_entries(rtid_common::limits::MAX_PROTECTED_PATHS, 0);
+
+/// Children of tagged processes that the full process table could not tag
+/// (tgid to the identity they should have had). `sched_process_fork` runs in
+/// the parent, where a signal would hit the parent; each is killed in its
+/// own context on its way back from fork (`sys_exit_fork`).
+#[map]
+pub static UNTAGGABLE: HashMap<u32, IdentityId> = HashMap::with_max_entries(rtid_common::limits::MAX_UNTAGGABLE, 0);
+
+/// Syscall number to what using it needs, for the fallback of the
+/// capability ceiling (`sys_enter_privileged`): the capability number in the
+/// low byte, a `privileged_check::*` in the next. Filled by userspace with
+/// this architecture's numbers.
+#[map]
+pub static PRIVILEGED_SYSCALLS: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
+
 /// Events to userspace. Size is set by the loader.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
@@ -123,6 +144,7 @@ pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     socket_type: 0,
     msghdr_msg_name: 0,
     msghdr_msg_namelen: 0,
+    unix_sock_path: 0,
     valid: 0,
 };
 

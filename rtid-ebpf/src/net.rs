@@ -19,7 +19,7 @@ use aya_ebpf::{
 };
 use rtid_common::{
     AF_INET, AF_INET6, AF_UNIX, Backend, EACCES, EventKind, NetKey, NetObject, Outcome, PATH_KEY_BYTES,
-    ProcessIdentity, RULESET_PREFIX_BITS, SIGKILL, counter, protocol,
+    PROTECTED_RULESET, ProcessIdentity, RULESET_PREFIX_BITS, SIGKILL, counter, protocol,
 };
 
 use crate::{
@@ -29,8 +29,9 @@ use crate::{
         status_override,
     },
     kernel::ReadError,
-    maps::{BACKEND_CONFIG, PENDING_KILLS, count},
+    maps::{BACKEND_CONFIG, PENDING_KILLS, PROTECTED_PATHS, count},
     path::{PathScratch, opaque, scratch},
+    protect::{paths_protected, protected_decision},
 };
 
 const ALLOW: i32 = 1;
@@ -237,11 +238,20 @@ pub fn judge_unix_path(
 ) -> Enforcement {
     count(counter::JUDGED);
     let active = active_policy(process.identity);
-    let decision = settle_action(match status_override(process.identity, &active) {
-        Some(decision) => decision,
-        None => {
+    let key_bytes = if path_len < PATH_KEY_BYTES { path_len + 1 } else { PATH_KEY_BYTES };
+    // rtid's control socket (and any protected path) first, as the caller named it.
+    let protection = if paths_protected() {
+        scratch.prefix_key.data.ruleset = PROTECTED_RULESET;
+        scratch.prefix_key.prefix_len = RULESET_PREFIX_BITS + (key_bytes as u32) * 8;
+        PROTECTED_PATHS.get(&scratch.prefix_key).copied()
+    } else {
+        None
+    };
+    let decision = settle_action(match (protection, status_override(process.identity, &active)) {
+        (Some(protection), _) => protected_decision(protection),
+        (None, Some(decision)) => decision,
+        (None, None) => {
             scratch.prefix_key.data.ruleset = active.policy.ruleset;
-            let key_bytes = if path_len < PATH_KEY_BYTES { path_len + 1 } else { PATH_KEY_BYTES };
             scratch.prefix_key.prefix_len = RULESET_PREFIX_BITS + (key_bytes as u32) * 8;
             judge_unix(&scratch.prefix_key, active.policy.default_network, active.now_ns)
         }

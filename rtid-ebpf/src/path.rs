@@ -155,6 +155,24 @@ fn settle(scratch: &mut PathScratch, position: usize, truncated: bool) -> Resolv
 /// path reversed) for the rule tries.
 #[inline(always)]
 pub fn build_keys(scratch: &mut PathScratch, resolved: &ResolvedPath, ruleset: u32) {
+    let copy_len = build_prefix_key(scratch, resolved, ruleset);
+
+    scratch.suffix_key.data.ruleset = ruleset;
+    // Always all PATH_KEY_BYTES bytes, with no early exit: one loop exit keeps
+    // the verifier from re-checking everything after it once per path length.
+    // Bytes past the path's start are never compared (prefix_len stops at copy_len).
+    let mut index = 0;
+    while index < PATH_KEY_BYTES {
+        scratch.suffix_key.data.path[index] = scratch.buf[(HALF - 1 - index) & (HALF - 1)];
+        index += 1;
+    }
+    scratch.suffix_key.prefix_len = RULESET_PREFIX_BITS + (copy_len as u32) * 8;
+}
+
+/// Fills `scratch.prefix_key` (the path forward, NUL-terminated where it
+/// fits) for `ruleset`; returns how many path bytes it holds.
+#[inline(always)]
+pub fn build_prefix_key(scratch: &mut PathScratch, resolved: &ResolvedPath, ruleset: u32) -> usize {
     let len = resolved.len;
     let copy_len = if len > PATH_KEY_BYTES { PATH_KEY_BYTES } else { len };
     let start = resolved.start & (HALF - 1);
@@ -177,15 +195,5 @@ pub fn build_keys(scratch: &mut PathScratch, resolved: &ResolvedPath, ruleset: u
         key_bytes += 1;
     }
     scratch.prefix_key.prefix_len = RULESET_PREFIX_BITS + (key_bytes as u32) * 8;
-
-    scratch.suffix_key.data.ruleset = ruleset;
-    // Always all PATH_KEY_BYTES bytes, with no early exit: one loop exit keeps
-    // the verifier from re-checking everything after it once per path length.
-    // Bytes past the path's start are never compared (prefix_len stops at copy_len).
-    let mut index = 0;
-    while index < PATH_KEY_BYTES {
-        scratch.suffix_key.data.path[index] = scratch.buf[(HALF - 1 - index) & (HALF - 1)];
-        index += 1;
-    }
-    scratch.suffix_key.prefix_len = RULESET_PREFIX_BITS + (copy_len as u32) * 8;
+    copy_len
 }
