@@ -85,6 +85,7 @@ pub fn offsets(btf: &Btf) -> Result<KernelOffsets, OffsetError> {
         socket_type: at("socket", "type")?,
         msghdr_msg_name: at("msghdr", "msg_name")?,
         msghdr_msg_namelen: at("msghdr", "msg_namelen")?,
+        unix_sock_path: at("unix_sock", "path")?,
         valid: 1,
     })
 }
@@ -105,6 +106,34 @@ pub const LSM_SOCKET_SENDMSG: LsmHookLayout =
     LsmHookLayout { hook: "socket_sendmsg", leading: &[Some("socket"), Some("msghdr"), None] };
 /// The programs read no argument of `bpf`, only the verdict after them.
 pub const LSM_BPF: LsmHookLayout = LsmHookLayout { hook: "bpf", leading: &[] };
+/// `capable(cred, ns, int cap, unsigned int opts)`: the cap and opts are read.
+pub const LSM_CAPABLE: LsmHookLayout =
+    LsmHookLayout { hook: "capable", leading: &[Some("cred"), Some("user_namespace"), None, None] };
+/// No argument of `userns_create` is read.
+pub const LSM_USERNS_CREATE: LsmHookLayout = LsmHookLayout { hook: "userns_create", leading: &[Some("cred")] };
+pub const LSM_TASK_KILL: LsmHookLayout =
+    LsmHookLayout { hook: "task_kill", leading: &[Some("task_struct"), Some("kernel_siginfo"), None] };
+pub const LSM_PTRACE_ACCESS_CHECK: LsmHookLayout =
+    LsmHookLayout { hook: "ptrace_access_check", leading: &[Some("task_struct"), None] };
+pub const LSM_PATH_UNLINK: LsmHookLayout =
+    LsmHookLayout { hook: "path_unlink", leading: &[Some("path"), Some("dentry")] };
+pub const LSM_PATH_RMDIR: LsmHookLayout =
+    LsmHookLayout { hook: "path_rmdir", leading: &[Some("path"), Some("dentry")] };
+pub const LSM_PATH_MKDIR: LsmHookLayout =
+    LsmHookLayout { hook: "path_mkdir", leading: &[Some("path"), Some("dentry")] };
+pub const LSM_PATH_MKNOD: LsmHookLayout =
+    LsmHookLayout { hook: "path_mknod", leading: &[Some("path"), Some("dentry")] };
+pub const LSM_PATH_SYMLINK: LsmHookLayout =
+    LsmHookLayout { hook: "path_symlink", leading: &[Some("path"), Some("dentry")] };
+pub const LSM_PATH_RENAME: LsmHookLayout =
+    LsmHookLayout { hook: "path_rename", leading: &[Some("path"), Some("dentry"), Some("path"), Some("dentry")] };
+pub const LSM_PATH_LINK: LsmHookLayout =
+    LsmHookLayout { hook: "path_link", leading: &[Some("dentry"), Some("path"), Some("dentry")] };
+pub const LSM_PATH_TRUNCATE: LsmHookLayout = LsmHookLayout { hook: "path_truncate", leading: &[Some("path")] };
+pub const LSM_PATH_CHMOD: LsmHookLayout = LsmHookLayout { hook: "path_chmod", leading: &[Some("path")] };
+pub const LSM_PATH_CHOWN: LsmHookLayout = LsmHookLayout { hook: "path_chown", leading: &[Some("path")] };
+pub const LSM_UNIX_STREAM_CONNECT: LsmHookLayout =
+    LsmHookLayout { hook: "unix_stream_connect", leading: &[Some("sock"), Some("sock"), Some("sock")] };
 
 /// How many arguments a BPF LSM hook takes in the running kernel, from its
 /// `bpf_lsm_<hook>` prototype in BTF: the previous LSM's verdict follows them.

@@ -447,15 +447,42 @@ pub enum Family {
     Exec,
     Net,
     Protect,
+    /// Signals and ptrace aimed at the daemon.
+    Daemon,
+    /// Changes to rtid's files other than write opens.
+    Paths,
+    /// The capability ceiling and the user-namespace guard.
+    Capability,
+    /// AF_UNIX connects judged on the socket the kernel found.
+    UnixPath,
+    /// Killing children the full process table cannot tag: no BPF LSM hook
+    /// does it, so its program is needed everywhere.
+    Capacity,
 }
 
 impl Family {
+    pub const ALL: [Family; 8] = [
+        Family::File,
+        Family::Exec,
+        Family::Net,
+        Family::Protect,
+        Family::Daemon,
+        Family::Paths,
+        Family::Capability,
+        Family::UnixPath,
+    ];
+
     fn served_by(self, lsm: &LsmAttachment) -> bool {
         match self {
             Family::File => lsm.file,
             Family::Exec => lsm.exec,
             Family::Net => lsm.net,
             Family::Protect => lsm.protect,
+            Family::Daemon => lsm.daemon,
+            Family::Paths => lsm.paths,
+            Family::Capability => lsm.capability,
+            Family::UnixPath => lsm.unix_path,
+            Family::Capacity => false,
         }
     }
 }
@@ -483,6 +510,10 @@ fn need(program: &ObjectProgram) -> Need {
         Need::UnlessLsm(Family::Net)
     } else if name == "sys_enter_bpf" {
         Need::UnlessLsm(Family::Protect)
+    } else if let Some((_, _, family)) =
+        super::protections::FALLBACK_TRACEPOINTS.iter().find(|(program, ..)| *program == name)
+    {
+        Need::UnlessLsm(*family)
     } else {
         Need::Always
     }
@@ -498,7 +529,17 @@ fn syscall_attachments() -> Vec<(&'static str, &'static [&'static str], Family)>
     }
     groups.push(("sys_exit_net", &super::NET_EXIT_TRACEPOINTS, Family::Net));
     groups.push(("sys_enter_bpf", &["sys_enter_bpf"], Family::Protect));
+    groups.extend(
+        super::protections::FALLBACK_TRACEPOINTS
+            .iter()
+            .map(|(program, tracepoints, family)| (*program, *tracepoints, *family)),
+    );
     groups
+}
+
+/// Whether `program` is a fallback of the integrity protections (see `protections`).
+fn is_integrity_fallback(program: &str) -> bool {
+    super::protections::FALLBACK_TRACEPOINTS.iter().any(|(name, ..)| *name == program)
 }
 
 /// The syscall a `sys_enter_*` or `sys_exit_*` tracepoint reports.
@@ -513,6 +554,15 @@ fn purpose(program: &str) -> &'static str {
         "sys_enter_connect" | "sys_enter_sendto" => "judge AF_UNIX connects and sends",
         "sys_exit_net" => "deliver the cgroup socket hooks' kill verdicts",
         "sys_enter_bpf" => "keep agents from the bpf() syscall",
+        "sys_enter_kill" | "sys_enter_tgkill" => "keep agents from signalling the daemon",
+        "sys_enter_ptrace" | "sys_enter_process_vm" => "keep agents from tracing the daemon",
+        "sys_enter_privileged" => "hold the capability ceiling",
+        "sys_enter_path_arg0"
+        | "sys_enter_path_arg1"
+        | "sys_enter_path_arg2"
+        | "sys_enter_path_arg3"
+        | "sys_enter_fd_change" => "keep agents from changing rtid's files",
+        "sys_exit_fork" => "kill children the full process table cannot tag",
         _ => "enforce policy",
     }
 }
@@ -537,7 +587,20 @@ fn reads(program: &str, tracepoint: &str) -> Reads {
         // net.rs: SYS_ENTER_ARG[1], [2] (uservaddr, addrlen) and [4], [5] (addr, addr_len).
         "sys_enter_connect" => Reads::Args(&[1, 2]),
         "sys_enter_sendto" => Reads::Args(&[4, 5]),
-        "sys_exit_net" | "sys_enter_bpf" => Reads::Nothing,
+        "sys_exit_net" | "sys_enter_bpf" | "sys_exit_fork" => Reads::Nothing,
+        // task.rs: the target (and signal) arguments.
+        "sys_enter_kill" => Reads::Args(&[0, 1]),
+        "sys_enter_tgkill" => Reads::Args(&[0, 2]),
+        "sys_enter_ptrace" => Reads::Args(&[1]),
+        "sys_enter_process_vm" => Reads::Args(&[0]),
+        // capability.rs: flags or domain, and the socket type.
+        "sys_enter_privileged" if tracepoint == "sys_enter_socket" => Reads::Args(&[0, 1]),
+        "sys_enter_privileged" => Reads::Args(&[0]),
+        // change.rs: the path argument, or the descriptor.
+        "sys_enter_path_arg0" | "sys_enter_fd_change" => Reads::Args(&[0]),
+        "sys_enter_path_arg1" => Reads::Args(&[1]),
+        "sys_enter_path_arg2" => Reads::Args(&[2]),
+        "sys_enter_path_arg3" => Reads::Args(&[3]),
         _ if tracepoint.starts_with("sys_exit_") => Reads::Return,
         _ => Reads::EveryArg,
     }
@@ -1016,6 +1079,13 @@ impl Compat {
                     std::fs::read_to_string(&format).ok()
                 };
                 let Some(text) = text else {
+                    if is_integrity_fallback(program) {
+                        // The integrity fallbacks watch many calls, some
+                        // compiled out on a given kernel (modules, kexec)
+                        // yet still named in its BTF; the loader attaches
+                        // to those this kernel traces.
+                        continue;
+                    }
                     match self.absent_tracepoint(btf, &reference, tracepoint) {
                         Ok(skipped) => self.skipped.push(skipped),
                         Err(error) => self.deferred.push((family, error)),

@@ -31,6 +31,20 @@ pub fn explain(kernel: &RtidKernel, identity: &str, action: &ExplainAction) -> R
             rule: info.map(|info| info.description.clone()),
         }
     };
+    // rtid's own files come first in the kernel, before expiry, revocation
+    // and every rule: writes, and any open of the daemon's memory.
+    if let ExplainAction::Open { path, write } = action
+        && let Some(protection) = protected_path(kernel, path)
+        && (*write || protection == rtid_common::protection::DAEMON_TRACE)
+    {
+        return Ok(Explanation {
+            identity: identity.into(),
+            verdict: Verdict::Deny.name().into(),
+            decided_by: "protected".into(),
+            rule_id: Some(rtid_common::protection::name(protection).into()),
+            rule: Some("built in: rtid's own files and processes cannot be changed from an identity".into()),
+        });
+    }
     let on_expiry = if Verdict::from_u8(policy.on_expiry) == Verdict::Kill { Verdict::Kill } else { Verdict::Deny };
     if status.revoked != 0 {
         return Ok(answer(on_expiry, "identity_revoked", None));
@@ -62,6 +76,17 @@ pub fn explain(kernel: &RtidKernel, identity: &str, action: &ExplainAction) -> R
         }
     };
     Ok(answer(verdict, if rule.is_some() { "rule" } else { "default" }, rule))
+}
+
+/// The protected-path lookup the programs do: the path and its terminator,
+/// so an exact entry matches the file and a directory entry (trailing `/`)
+/// everything under it.
+fn protected_path(kernel: &RtidKernel, path: &str) -> Option<u32> {
+    let mut key = path.as_bytes()[..path.len().min(PATH_KEY_BYTES)].to_vec();
+    if path.len() < PATH_KEY_BYTES {
+        key.push(0);
+    }
+    kernel.maps.lookup_protected(&key)
 }
 
 fn judge_path(

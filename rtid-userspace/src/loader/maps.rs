@@ -22,6 +22,10 @@ pub struct Counters {
     pub paths_truncated: u64,
     pub process_table_full: u64,
     pub judged: u64,
+    /// Children of tagged processes killed because the process table was full.
+    pub untaggable_killed: u64,
+    /// Attempts of tagged processes on rtid itself or above their capability ceiling.
+    pub tamper: u64,
 }
 
 /// Keys written for one installed policy, so the next swap can remove them.
@@ -51,6 +55,14 @@ pub struct KernelMaps {
     counters: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
     installed: InstalledEntries,
+    /// `None` when adopted pins lack it (an older build pinned fewer maps).
+    protected_paths: Option<LpmTrie<MapData, PathKey, u32>>,
+    privileged_syscalls: Option<HashMap<MapData, u32, u32>>,
+    /// Size of `PROCESS_IDENTITY`.
+    process_capacity: u32,
+    /// `PROTECTED_PATHS` keys: rtid's files, and the daemon's /proc entries.
+    protected_files: Vec<(Vec<u8>, u32)>,
+    daemon_entries: Vec<(Vec<u8>, u32)>,
 }
 
 fn map_error(map: &'static str) -> impl Fn(MapError) -> LoadError {
@@ -98,6 +110,11 @@ impl KernelMaps {
             counters: take(ebpf, "COUNTERS")?,
             events: Some(take(ebpf, "EVENTS")?),
             installed: InstalledEntries::default(),
+            protected_paths: Some(take(ebpf, "PROTECTED_PATHS")?),
+            privileged_syscalls: Some(take(ebpf, "PRIVILEGED_SYSCALLS")?),
+            process_capacity: rtid_common::limits::MAX_PROCESSES,
+            protected_files: Vec::new(),
+            daemon_entries: Vec::new(),
         })
     }
 
@@ -105,7 +122,7 @@ impl KernelMaps {
     pub fn fill(&self) -> Vec<(String, usize, u32)> {
         use rtid_common::limits::*;
         vec![
-            ("PROCESS_IDENTITY".into(), self.process_identity.keys().count(), MAX_PROCESSES),
+            ("PROCESS_IDENTITY".into(), self.process_identity.keys().count(), self.process_capacity),
             ("IDENTITY_POLICY".into(), self.identity_policy.keys().count(), MAX_IDENTITIES * 2),
             ("PATH_PREFIX_RULES".into(), self.path_prefix.keys().count(), MAX_PATH_ENTRIES),
             ("PATH_SUFFIX_RULES".into(), self.path_suffix.keys().count(), MAX_PATH_ENTRIES),
@@ -144,6 +161,15 @@ impl KernelMaps {
             counters: typed("COUNTERS", open("COUNTERS")?)?,
             events: Some(typed("EVENTS", open("EVENTS")?)?),
             installed: InstalledEntries::default(),
+            protected_paths: open("PROTECTED_PATHS").ok().and_then(|map| typed("PROTECTED_PATHS", map).ok()),
+            privileged_syscalls: open("PRIVILEGED_SYSCALLS")
+                .ok()
+                .and_then(|map| typed("PRIVILEGED_SYSCALLS", map).ok()),
+            process_capacity: aya::maps::MapInfo::from_pin(dir.join("PROCESS_IDENTITY"))
+                .map(|info| info.max_entries())
+                .unwrap_or(rtid_common::limits::MAX_PROCESSES),
+            protected_files: Vec::new(),
+            daemon_entries: Vec::new(),
         })
     }
 
@@ -166,7 +192,84 @@ impl KernelMaps {
             paths_truncated: sum(counter::PATH_TRUNCATED)?,
             process_table_full: sum(counter::PROCESS_TABLE_FULL)?,
             judged: sum(counter::JUDGED)?,
+            untaggable_killed: sum(counter::UNTAGGABLE_KILLED)?,
+            tamper: sum(counter::TAMPER)?,
         })
+    }
+
+    pub fn set_process_capacity(&mut self, capacity: u32) {
+        self.process_capacity = capacity;
+    }
+
+    /// Entries in the process table, and its capacity.
+    pub fn process_table_fill(&self) -> (usize, u32) {
+        (self.process_identity.keys().count(), self.process_capacity)
+    }
+
+    /// Syscall numbers to what using them needs (see `privileged_check`).
+    pub fn set_privileged_syscalls(&mut self, entries: &[(u32, u32)]) -> Result<(), LoadError> {
+        let map = self
+            .privileged_syscalls
+            .as_mut()
+            .ok_or(LoadError::Map { map: "PRIVILEGED_SYSCALLS", problem: "not pinned by this build".into() })?;
+        for (number, value) in entries {
+            map.insert(number, value, 0).map_err(map_error("PRIVILEGED_SYSCALLS"))?;
+        }
+        Ok(())
+    }
+
+    /// Sets the daemon's tgid and the /proc entries that come with it.
+    pub fn set_daemon(&mut self, tgid: u32, entries: Vec<(Vec<u8>, u32)>) -> Result<(), LoadError> {
+        self.daemon_entries = entries;
+        self.write_protected()?;
+        let mut state = self.runtime_state()?;
+        state.daemon_tgid = tgid;
+        self.runtime_state.set(0, &state, 0).map_err(map_error("RUNTIME_STATE"))
+    }
+
+    /// Replaces rtid's protected files (keys as `path_key` bytes, with protection ids).
+    pub fn set_protected_files(&mut self, entries: Vec<(Vec<u8>, u32)>) -> Result<(), LoadError> {
+        self.protected_files = entries;
+        self.write_protected()
+    }
+
+    /// Writes the union of both protected sets: new keys first, then stale
+    /// ones removed, so nothing protected is ever briefly unprotected.
+    fn write_protected(&mut self) -> Result<(), LoadError> {
+        let trie = self
+            .protected_paths
+            .as_mut()
+            .ok_or(LoadError::Map { map: "PROTECTED_PATHS", problem: "not pinned by this build".into() })?;
+        let wanted: Vec<(Key<PathKey>, u32)> = self
+            .protected_files
+            .iter()
+            .chain(&self.daemon_entries)
+            .map(|(bytes, protection)| (path_key(rtid_common::PROTECTED_RULESET, bytes), *protection))
+            .collect();
+        if wanted.len() > rtid_common::limits::MAX_PROTECTED_PATHS as usize {
+            return Err(LoadError::Map {
+                map: "PROTECTED_PATHS",
+                problem: format!("{} entries; at most {}", wanted.len(), rtid_common::limits::MAX_PROTECTED_PATHS),
+            });
+        }
+        for (key, protection) in &wanted {
+            trie.insert(key, protection, 0).map_err(map_error("PROTECTED_PATHS"))?;
+        }
+        let stale: Vec<Key<PathKey>> = trie
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| {
+                !wanted.iter().any(|(wanted, _)| {
+                    wanted.prefix_len() == key.prefix_len() && bytemuck_eq(&wanted.data(), &key.data())
+                })
+            })
+            .collect();
+        for key in &stale {
+            let _ = trie.remove(key);
+        }
+        let mut state = self.runtime_state()?;
+        state.protected_paths = !wanted.is_empty() as u32;
+        self.runtime_state.set(0, &state, 0).map_err(map_error("RUNTIME_STATE"))
     }
 
     pub fn set_backend_config(&mut self, config: &BackendConfig) -> Result<(), LoadError> {
@@ -190,6 +293,12 @@ impl KernelMaps {
 
     pub fn lookup_suffix(&self, key: &Key<PathKey>) -> Option<PathRuleList> {
         self.path_suffix.get(key, 0).ok()
+    }
+
+    /// The protection guarding a path (a `protection::*` id), as the programs look it up.
+    pub fn lookup_protected(&self, path: &[u8]) -> Option<u32> {
+        let key = path_key(rtid_common::PROTECTED_RULESET, path);
+        self.protected_paths.as_ref()?.get(&key, 0).ok()
     }
 
     pub fn lookup_net(&self, key: &Key<NetKey>) -> Option<NetRuleList> {
@@ -409,4 +518,9 @@ where
         written.push(key);
     }
     Ok(())
+}
+
+/// Path keys compare by ruleset and bytes.
+fn bytemuck_eq(a: &PathKey, b: &PathKey) -> bool {
+    a.ruleset == b.ruleset && a.path == b.path
 }

@@ -1,6 +1,7 @@
 //! Loading rtid's kernel programs, attaching them where this kernel allows,
 //! and owning their maps: the only writer of policy, labels and identity status.
 
+pub mod attachments;
 pub mod btf_offsets;
 pub mod cgroup;
 mod clock;
@@ -10,6 +11,7 @@ mod lsm;
 mod maps;
 mod pins;
 mod procfs_stat;
+mod protections;
 
 use std::{
     collections::BTreeMap,
@@ -25,6 +27,7 @@ use rtid_common::{IdentityId, IdentityStatus, KernelOffsets, ProcessIdentity, la
 
 pub use clock::boot_time_ns;
 pub use maps::{Counters, KernelMaps};
+pub use protections::{ProtectedPath, ProtectionLevel, ProtectionStatus};
 
 use crate::{
     events::EventReader,
@@ -97,11 +100,14 @@ pub struct LoadOptions {
     /// Pin maps and links here (e.g. /sys/fs/bpf/rtid) so enforcement outlives
     /// the process; if pins are already there, adopt them instead of loading.
     pub pin_dir: Option<PathBuf>,
+    /// Size of the process table (`rtid_common::limits::MAX_PROCESSES` when
+    /// unset): children of tagged processes past it are killed, not left untagged.
+    pub max_processes: Option<u32>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { ring_bytes: DEFAULT_RING_BYTES, lsm: LsmMode::Auto, pin_dir: None }
+        LoadOptions { ring_bytes: DEFAULT_RING_BYTES, lsm: LsmMode::Auto, pin_dir: None, max_processes: None }
     }
 }
 
@@ -125,6 +131,8 @@ pub struct RtidKernel {
     /// Policies installed so far: what userspace derives from the policy
     /// in force is valid while this stays the same.
     installs: u64,
+    /// The daemon's own references to every pinned link, checked periodically.
+    attachments: attachments::Attachments,
 }
 
 /// Syscall-exit tracepoints judging opens where LSM `file_open` is unavailable:
@@ -163,6 +171,7 @@ impl RtidKernel {
         let mut ebpf = EbpfLoader::new()
             .override_global("KERNEL_OFFSETS", &offsets, true)
             .map_max_entries("EVENTS", options.ring_bytes)
+            .map_max_entries("PROCESS_IDENTITY", protections::process_capacity(options))
             .load(EBPF_OBJECT)?;
         let btf = Btf::from_sys_fs()?;
         let lsm = match options.lsm {
@@ -187,12 +196,14 @@ impl RtidKernel {
         if !lsm.protect {
             attach_tracepoint(&mut ebpf, "sys_enter_bpf", &["sys_enter_bpf"], &pins)?;
         }
+        protections::attach_fallbacks(&mut ebpf, &lsm, &pins)?;
         pins.pin_maps(&ebpf)?;
         let mut maps = KernelMaps::take(&mut ebpf)?;
         maps.set_backend_config(&lsm.config())?;
+        protections::prepare_maps(&mut maps, &lsm, options)?;
         let backends = lsm.report();
         let events = Some(EventReader::new(maps.take_events()?));
-        pins.keep();
+        let attachments = pins.keep()?;
         Ok(RtidKernel {
             _ebpf: Some(ebpf),
             pin_dir: options.pin_dir.clone(),
@@ -204,21 +215,19 @@ impl RtidKernel {
             identity_ids: BTreeMap::new(),
             policy: CompiledPolicy::default(),
             installs: 0,
+            attachments,
         })
     }
 
     /// Opens the maps pinned by an earlier load; the programs are still
     /// attached through their pinned links and keep enforcing meanwhile.
     fn adopt(dir: &Path) -> Result<RtidKernel, LoadError> {
+        // Refuses pins from an incompatible build before touching a map.
+        let layout = attachments::check_layout(dir)?;
+        let attachments = attachments::Attachments::adopted(dir, &layout.links);
         let mut maps = KernelMaps::from_pins(&dir.join("maps"))?;
         let config = maps.backend_config()?;
-        let lsm = lsm::LsmAttachment {
-            file: config.lsm_file != 0,
-            exec: config.lsm_exec != 0,
-            net: config.lsm_net != 0,
-            protect: false,
-            reason: None,
-        };
+        let lsm = lsm::LsmAttachment::from_config(&config);
         let events = Some(EventReader::new(maps.take_events()?));
         Ok(RtidKernel {
             _ebpf: None,
@@ -231,7 +240,14 @@ impl RtidKernel {
             identity_ids: BTreeMap::new(),
             policy: CompiledPolicy::default(),
             installs: 0,
+            attachments,
         })
+    }
+
+    /// Checks that every pinned link is still attached and pinned as this
+    /// instance left it; pins again or re-attaches what it can (see [`attachments`]).
+    pub fn check_attachments(&mut self) -> attachments::Check {
+        self.attachments.check()
     }
 
     /// Whether this instance adopted pins left by an earlier one.
