@@ -8,10 +8,10 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use rtid_common::{
     IdentityPolicy, NetRule, NetRuleList, PATH_KEY_BYTES, PathRule, PathRuleList, RULES_PER_ENTRY, Verdict,
-    audit_level, limits, mode,
+    audit_level, guard, limits, mode,
 };
 
-use super::model::{AuditLevel, IdentitySpec, Mode, NetTarget, PathPattern, PathRuleSpec};
+use super::model::{AuditLevel, HostControl, IdentitySpec, Mode, NetRuleSpec, NetTarget, PathPattern, PathRuleSpec};
 
 /// Added to a grant's match length so it outranks every policy rule (paths
 /// are at most PATH_KEY_BYTES + 1 long; v6 prefixes at most 128 bits).
@@ -20,6 +20,10 @@ const GRANT_NET_RANK: u8 = 200;
 /// Restrictions inherited from a delegator outrank grants and own rules.
 const DELEGATOR_PATH_RANK: u16 = 0x6000;
 const DELEGATOR_NET_RANK: u8 = 230;
+/// Built-in guards (`hostControl`) outrank everything an identity's policy,
+/// its delegators or a grant can say about the same object: only opting out
+/// of the guard by name reopens it.
+const GUARD_PATH_RANK: u16 = 0x7000;
 
 /// A rule that cannot be compiled, naming the identity and rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -136,7 +140,7 @@ fn compile_identity(
 
     for rule in spec.files.iter().chain(spec.exec.iter()) {
         let rule_id = register(next_rule_id, rules, spec, &rule.id, rule.pattern.describe());
-        if let Err(problem) = add_path_rule(rule, rule_id, &mut prefix, &mut suffix) {
+        if let Err(problem) = add_path_rule(rule, rule_id, rank_of(rule), &mut prefix, &mut suffix) {
             errors.push(rule_error(&rule.id, problem));
         }
     }
@@ -144,20 +148,10 @@ fn compile_identity(
         match &rule.target {
             NetTarget::Unix(path) => {
                 let rule_id = register(next_rule_id, rules, spec, &rule.id, format!("unix {path}"));
-                let as_path = PathRuleSpec {
-                    id: rule.id.clone(),
-                    pattern: if path.ends_with('/') {
-                        PathPattern::Directory(path.clone())
-                    } else {
-                        PathPattern::Exact(path.clone())
-                    },
-                    access: rtid_common::access::ALL,
-                    action: rule.action,
-                    expires_at_boot_ns: rule.expires_at_boot_ns,
-                    grant: rule.grant,
-                    from_delegator: rule.from_delegator,
-                };
-                if let Err(problem) = add_path_rule(&as_path, rule_id, &mut unix, &mut EntryBuilder::default()) {
+                let as_path = unix_as_path(rule, path);
+                if let Err(problem) =
+                    add_path_rule(&as_path, rule_id, rank_of(&as_path), &mut unix, &mut EntryBuilder::default())
+                {
                     errors.push(rule_error(&rule.id, problem));
                 }
             }
@@ -199,6 +193,26 @@ fn compile_identity(
         }
     }
 
+    // The guards this identity did not opt out of, registered after its own
+    // rules so those keep their numbers.
+    for group in HostControl::ALL.into_iter().filter(|group| !spec.host_control_allowed.contains(group)) {
+        let (paths, sockets) = group.rules();
+        let rule_id = register(next_rule_id, rules, spec, &group.rule_id(), group.description().to_string());
+        for rule in &paths {
+            if let Err(problem) = add_path_rule(rule, rule_id, GUARD_PATH_RANK, &mut prefix, &mut suffix) {
+                errors.push(rule_error(&rule.id, problem));
+            }
+        }
+        for socket in &sockets {
+            let NetTarget::Unix(path) = &socket.target else { continue };
+            let as_path = unix_as_path(socket, path);
+            if let Err(problem) =
+                add_path_rule(&as_path, rule_id, GUARD_PATH_RANK, &mut unix, &mut EntryBuilder::default())
+            {
+                errors.push(rule_error(&socket.id, problem));
+            }
+        }
+    }
     let mut collect = |result: Result<_, Vec<String>>| {
         result.unwrap_or_else(|problems: Vec<String>| {
             errors.extend(problems.into_iter().map(|problem| identity_error(spec, problem)));
@@ -223,6 +237,34 @@ fn compile_identity(
         unix_entries,
         net_entries,
     })
+}
+
+/// A unix socket rule as a path rule over the socket's path.
+fn unix_as_path(rule: &NetRuleSpec, path: &str) -> PathRuleSpec {
+    PathRuleSpec {
+        id: rule.id.clone(),
+        pattern: if path.ends_with('/') {
+            PathPattern::Directory(path.to_string())
+        } else {
+            PathPattern::Exact(path.to_string())
+        },
+        access: rtid_common::access::ALL,
+        action: rule.action,
+        expires_at_boot_ns: rule.expires_at_boot_ns,
+        grant: rule.grant,
+        from_delegator: rule.from_delegator,
+    }
+}
+
+/// What a rule adds to its match length to rank above others on the same object.
+fn rank_of(rule: &PathRuleSpec) -> u16 {
+    if rule.from_delegator {
+        DELEGATOR_PATH_RANK
+    } else if rule.grant {
+        GRANT_PATH_RANK
+    } else {
+        0
+    }
 }
 
 fn identity_error(spec: &IdentitySpec, problem: String) -> CompileError {
@@ -259,9 +301,8 @@ fn identity_policy(spec: &IdentitySpec) -> IdentityPolicy {
         on_expiry: spec.on_expiry as u8,
         file_deny_fallback: spec.file_deny_fallback as u8,
         _pad: 0,
-        // Filled from the policy's capability ceiling and guards (issue 10).
-        guards: 0,
-        denied_capabilities: 0,
+        guards: if spec.capabilities.user_namespaces { 0 } else { guard::DENY_USER_NAMESPACES },
+        denied_capabilities: spec.capabilities.denied,
     }
 }
 
@@ -278,16 +319,10 @@ pub fn describe_ports(ports: &[(u16, u16)]) -> String {
 fn add_path_rule(
     rule: &PathRuleSpec,
     rule_id: u32,
+    rank: u16,
     prefix: &mut EntryBuilder,
     suffix: &mut EntryBuilder,
 ) -> Result<(), String> {
-    let rank = if rule.from_delegator {
-        DELEGATOR_PATH_RANK
-    } else if rule.grant {
-        GRANT_PATH_RANK
-    } else {
-        0
-    };
     let candidate = |match_len: usize| PathRule {
         rule_id,
         match_len: match_len as u16 + rank,
@@ -557,5 +592,74 @@ mod tests {
         assert_eq!(on_other_port.map(|r| r.verdict), Some(Verdict::Deny));
         let on_443 = rtid_common::select_net_rule(&web.rules, 443, rtid_common::protocol::TCP, 0);
         assert_eq!(on_443.map(|r| r.verdict), Some(Verdict::Allow));
+    }
+
+    #[test]
+    fn every_identity_gets_the_default_ceiling_and_the_user_namespace_guard() {
+        let compiled = compile(&[IdentitySpec::new("coder")]).expect("compiles");
+        let policy = compiled.identities[0].policy;
+        assert_eq!(policy.denied_capabilities, crate::policy::model::default_denied_mask());
+        assert_eq!(policy.guards, guard::DENY_USER_NAMESPACES);
+        let names = crate::policy::model::capability_names(policy.denied_capabilities);
+        assert_eq!(names.len(), crate::policy::model::DEFAULT_DENIED_CAPABILITIES.len());
+        assert!(names.contains(&"CAP_SYS_ADMIN") && names.contains(&"CAP_CHECKPOINT_RESTORE"));
+    }
+
+    fn guard_rule(compiled: &CompiledPolicy, group: HostControl) -> Option<u32> {
+        compiled.rules.iter().find(|(_, info)| info.id == group.rule_id()).map(|(id, _)| *id)
+    }
+
+    #[test]
+    fn host_control_guards_outrank_allow_rules_grants_and_delegators() {
+        let mut spec = IdentitySpec::new("coder");
+        spec.network.push(NetRuleSpec::unix("docker-ok", "/run/docker.sock", Verdict::Allow));
+        let mut grant = NetRuleSpec::unix("grant-1", "/run/docker.sock", Verdict::Allow);
+        grant.grant = true;
+        spec.network.push(grant);
+        let mut core =
+            PathRuleSpec::file("core", PathPattern::Exact("/proc/sys/kernel/core_pattern".into()), Verdict::Allow);
+        core.grant = true;
+        spec.files.push(core);
+        spec.files.push(PathRuleSpec::file(
+            "cron-ok",
+            PathPattern::Directory("/var/spool/cron/crontabs/".into()),
+            Verdict::Allow,
+        ));
+        let compiled = compile(&[spec]).expect("compiles");
+        let identity = &compiled.identities[0];
+        let docker = entry(&identity.unix_entries, b"/run/docker.sock\0");
+        let picked = select_path_rule(&docker.rules, access::WRITE, 0).expect("a rule");
+        assert_eq!(
+            (picked.verdict, Some(picked.rule_id)),
+            (Verdict::Deny, guard_rule(&compiled, HostControl::ContainerRuntime))
+        );
+        let core = entry(&identity.prefix_entries, b"/proc/sys/kernel/core_pattern\0");
+        let picked = select_path_rule(&core.rules, access::WRITE, 0).expect("a rule");
+        assert_eq!(
+            (picked.verdict, Some(picked.rule_id)),
+            (Verdict::Deny, guard_rule(&compiled, HostControl::KernelTunables))
+        );
+        // Reading stays with the identity's own rules: the guard covers writes.
+        assert_eq!(select_path_rule(&core.rules, access::READ, 0).map(|r| r.verdict), Some(Verdict::Allow));
+        let cron = entry(&identity.prefix_entries, b"/var/spool/cron/crontabs/");
+        let picked = select_path_rule(&cron.rules, access::WRITE, 0).expect("a rule");
+        assert_eq!(Some(picked.rule_id), guard_rule(&compiled, HostControl::Scheduler));
+        assert_eq!(compiled.rules[&picked.rule_id].identity, "coder");
+        // The guard names are the rule ids explain and events report.
+        for group in HostControl::ALL {
+            assert!(guard_rule(&compiled, group).is_some(), "{group:?}");
+        }
+    }
+
+    #[test]
+    fn an_identity_that_opts_out_of_a_guard_has_none_of_its_rules() {
+        let mut spec = IdentitySpec::new("builder");
+        spec.host_control_allowed.insert(HostControl::ContainerRuntime);
+        spec.network.push(NetRuleSpec::unix("docker-ok", "/run/docker.sock", Verdict::Allow));
+        let compiled = compile(&[spec]).expect("compiles");
+        assert_eq!(guard_rule(&compiled, HostControl::ContainerRuntime), None);
+        assert!(guard_rule(&compiled, HostControl::KernelTunables).is_some());
+        let docker = entry(&compiled.identities[0].unix_entries, b"/run/docker.sock\0");
+        assert_eq!(select_path_rule(&docker.rules, access::WRITE, 0).map(|r| r.verdict), Some(Verdict::Allow));
     }
 }

@@ -2,7 +2,9 @@
 //! allow. Compiled in userspace so the kernel still makes one lookup per
 //! identity: every restrictive rule of each delegator up the chain is added
 //! to the delegated identity, outranking its own rules and grants; defaults
-//! and the expiry verdict combine to the stricter; the TTL to the shortest.
+//! and the expiry verdict combine to the stricter; the TTL to the shortest;
+//! the capability ceiling to the union of denied capabilities, and user
+//! namespaces and `hostControl` opt-outs only where every delegator has them.
 
 use std::collections::BTreeMap;
 
@@ -80,6 +82,10 @@ pub fn effective(identities: &[IdentitySpec]) -> Result<Vec<IdentitySpec>, Strin
                 (Some(own), Some(inherited)) => Some(own.min(inherited)),
                 (own, inherited) => own.or(inherited),
             };
+            narrowed.capabilities.denied |= delegator.capabilities.denied;
+            narrowed.capabilities.opted_in &= !delegator.capabilities.denied;
+            narrowed.capabilities.user_namespaces &= delegator.capabilities.user_namespaces;
+            narrowed.host_control_allowed.retain(|group| delegator.host_control_allowed.contains(group));
         }
         result.push(narrowed);
     }
@@ -124,6 +130,32 @@ mod tests {
         let entry = compiled.identities[1].prefix_entries.iter().find(|e| e.bytes == b"/root/.ssh/id_rsa\0").unwrap();
         let picked = rtid_common::select_path_rule(&entry.rules, rtid_common::access::READ, 0).unwrap();
         assert_eq!(picked.verdict, Verdict::Deny);
+    }
+
+    #[test]
+    fn a_delegated_identity_cannot_allow_what_its_delegator_denies() {
+        use crate::policy::model::{HostControl, capability_bit};
+        let net_raw = capability_bit(rtid_common::capability::number("CAP_NET_RAW").unwrap());
+        let nice = capability_bit(rtid_common::capability::number("CAP_SYS_NICE").unwrap());
+        let mut planner = IdentitySpec::new("planner");
+        planner.capabilities.denied |= nice;
+        planner.host_control_allowed.insert(HostControl::Scheduler);
+        let mut coder = IdentitySpec::new("coder");
+        coder.delegated_by = Some("planner".into());
+        coder.capabilities.denied &= !net_raw;
+        coder.capabilities.opted_in |= net_raw;
+        coder.capabilities.user_namespaces = true;
+        coder.host_control_allowed.insert(HostControl::ContainerRuntime);
+        coder.host_control_allowed.insert(HostControl::Scheduler);
+        let effective = effective(&[planner, coder]).unwrap();
+        let coder = &effective[1];
+        assert_ne!(coder.capabilities.denied & net_raw, 0, "the delegator's default ceiling holds");
+        assert_ne!(coder.capabilities.denied & nice, 0, "the delegator's extra denial holds");
+        assert_eq!(coder.capabilities.opted_in, 0);
+        assert!(!coder.capabilities.user_namespaces);
+        assert_eq!(coder.host_control_allowed.iter().copied().collect::<Vec<_>>(), vec![HostControl::Scheduler]);
+        let compiled = crate::policy::compile(&effective).unwrap();
+        assert_ne!(compiled.identities[1].policy.denied_capabilities & net_raw, 0);
     }
 
     #[test]

@@ -10,11 +10,14 @@ use std::{
     time::Duration,
 };
 
-use rtid_common::{PATH_KEY_BYTES, Verdict, access, protocol};
+use rtid_common::{PATH_KEY_BYTES, Verdict, access, capability, protocol};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use super::model::{AuditLevel, Defaults, IdentitySpec, Mode, NetRuleSpec, NetTarget, PathPattern, PathRuleSpec};
+use super::model::{
+    AuditLevel, Defaults, HostControl, IdentitySpec, Mode, NetRuleSpec, NetTarget, PathPattern, PathRuleSpec,
+    capability_bit, default_denied_mask,
+};
 
 pub const API_VERSION: &str = "rtid.dev/v1alpha1";
 pub const KIND: &str = "AgentPolicy";
@@ -104,6 +107,27 @@ struct RawIdentity {
     network: Vec<Spanned<RawNetRule>>,
     #[serde(default)]
     exec: Vec<Spanned<RawPathRule>>,
+    capabilities: Option<Spanned<RawCapabilities>>,
+    host_control: Option<Spanned<RawHostControl>>,
+}
+
+/// `capabilities: { deny: [...], allow: [...], userNamespaces: allow|deny }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawCapabilities {
+    #[serde(default)]
+    deny: Vec<Spanned<String>>,
+    #[serde(default)]
+    allow: Vec<Spanned<String>>,
+    user_namespaces: Option<Spanned<String>>,
+}
+
+/// `hostControl: { allow: [serviceManager, scheduler, containerRuntime, kernelTunables] }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHostControl {
+    #[serde(default)]
+    allow: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -372,6 +396,26 @@ fn check_identity(checker: &mut Checker, raw: &RawIdentity, field: &str) -> Opti
             spec.quarantine = Some(super::model::Quarantine { after: quarantine.value.after, within, kill });
         }
     }
+    if let Some(capabilities) = &raw.capabilities {
+        check_capabilities(checker, &capabilities.value, &format!("{field}.capabilities"), &mut spec);
+    }
+    if let Some(host_control) = &raw.host_control {
+        for (index, name) in host_control.value.allow.iter().enumerate() {
+            match HostControl::from_name(&name.value) {
+                Some(group) => {
+                    spec.host_control_allowed.insert(group);
+                }
+                None => {
+                    let known: Vec<&str> = HostControl::ALL.iter().map(|group| group.name()).collect();
+                    checker.error(
+                        line_of(name),
+                        format!("{field}.hostControl.allow[{index}]"),
+                        format!("{:?} is not a hostControl guard (expected one of {})", name.value, known.join(", ")),
+                    );
+                }
+            }
+        }
+    }
     let mut ids = BTreeSet::new();
     for (index, rule) in raw.files.iter().enumerate() {
         let rule_field = format!("{field}.files[{index}]");
@@ -392,6 +436,55 @@ fn check_identity(checker: &mut Checker, raw: &RawIdentity, field: &str) -> Opti
         }
     }
     (checker.errors.len() == errors_before).then_some(spec)
+}
+
+/// The capability ceiling: `deny` adds to the default list, `allow` takes a
+/// default-denied capability back out of it (and `policy check` warns).
+fn check_capabilities(checker: &mut Checker, raw: &RawCapabilities, field: &str, spec: &mut IdentitySpec) {
+    let defaults = default_denied_mask();
+    let named = |checker: &mut Checker, list: &[Spanned<String>], which: &str| -> u64 {
+        let mut mask = 0;
+        for (index, name) in list.iter().enumerate() {
+            match capability::number(&name.value) {
+                Some(number) => mask |= capability_bit(number),
+                None => checker.error(
+                    line_of(name),
+                    format!("{field}.{which}[{index}]"),
+                    format!("{:?} is not a Linux capability (e.g. CAP_NET_RAW)", name.value),
+                ),
+            }
+        }
+        mask
+    };
+    let deny = named(checker, &raw.deny, "deny");
+    let allow = named(checker, &raw.allow, "allow");
+    for (index, name) in raw.allow.iter().enumerate() {
+        let Some(number) = capability::number(&name.value) else { continue };
+        let bit = capability_bit(number);
+        let shown = capability::NAMES[number as usize];
+        if deny & bit != 0 {
+            checker.error(line_of(name), format!("{field}.allow[{index}]"), format!("{shown} is also in deny"));
+        } else if defaults & bit == 0 {
+            checker.error(
+                line_of(name),
+                format!("{field}.allow[{index}]"),
+                format!("{shown} is not denied by default: nothing to allow"),
+            );
+        }
+    }
+    spec.capabilities.denied = (defaults | deny) & !(allow & !deny);
+    spec.capabilities.opted_in = allow & defaults & !deny;
+    if let Some(value) = &raw.user_namespaces {
+        match value.value.as_str() {
+            "allow" => spec.capabilities.user_namespaces = true,
+            "deny" => spec.capabilities.user_namespaces = false,
+            other => checker.error(
+                line_of(value),
+                format!("{field}.userNamespaces"),
+                format!("{other:?}: expected allow or deny"),
+            ),
+        }
+    }
 }
 
 fn rule_id(
@@ -808,5 +901,71 @@ spec:
                 && rule.pattern == PathPattern::Directory("/home/alice/.ssh/".into()))
         );
         assert!(super::super::compile(&set.identities).is_ok());
+        assert_eq!(coder.capabilities.denied, default_denied_mask());
+        assert!(!coder.capabilities.user_namespaces && coder.host_control_allowed.is_empty());
+        assert!(super::super::warnings(&set.identities).is_empty(), "the default policy weakens nothing");
+    }
+
+    const CAPS: &str = "apiVersion: rtid.dev/v1alpha1\nkind: AgentPolicy\nmetadata: { name: caps }\nspec:\n  identities:\n    - name: coder\n";
+
+    fn mask(names: &[&str]) -> u64 {
+        names.iter().map(|name| capability_bit(capability::number(name).unwrap())).fold(0, |all, bit| all | bit)
+    }
+
+    #[test]
+    fn an_identity_without_capabilities_gets_the_default_ceiling() {
+        let set = parse_str("p.yaml", CAPS).expect("valid");
+        let coder = &set.identities[0];
+        assert_eq!(coder.capabilities.denied, default_denied_mask());
+        assert_ne!(coder.capabilities.denied & mask(&["CAP_SYS_ADMIN", "CAP_CHECKPOINT_RESTORE"]), 0);
+        assert_eq!(coder.capabilities.denied & mask(&["CAP_CHOWN"]), 0);
+        assert!(!coder.capabilities.user_namespaces);
+        assert!(coder.host_control_allowed.is_empty());
+    }
+
+    #[test]
+    fn capabilities_deny_adds_allow_opts_back_in() {
+        let text = format!(
+            "{CAPS}      capabilities:\n        deny: [CAP_SYS_NICE, sys_resource]\n        allow: [CAP_NET_RAW]\n        userNamespaces: allow\n      hostControl: {{ allow: [containerRuntime, scheduler] }}\n"
+        );
+        let set = parse_str("p.yaml", &text).expect("valid");
+        let coder = &set.identities[0];
+        let expected = (default_denied_mask() | mask(&["CAP_SYS_NICE", "CAP_SYS_RESOURCE"])) & !mask(&["CAP_NET_RAW"]);
+        assert_eq!(coder.capabilities.denied, expected);
+        assert_eq!(coder.capabilities.opted_in, mask(&["CAP_NET_RAW"]));
+        assert!(coder.capabilities.user_namespaces);
+        assert!(coder.host_control_allowed.contains(&HostControl::ContainerRuntime));
+        assert!(coder.host_control_allowed.contains(&HostControl::Scheduler));
+        let compiled = super::super::compile(&set.identities).expect("compiles");
+        assert_eq!(compiled.identities[0].policy.denied_capabilities, expected);
+        assert_eq!(compiled.identities[0].policy.guards, 0);
+        let warned = super::super::warnings(&set.identities);
+        assert!(warned.iter().any(|w| w.contains("identity coder") && w.contains("CAP_NET_RAW")), "{warned:?}");
+        assert!(warned.iter().any(|w| w.contains("hostControl.allow: scheduler")), "{warned:?}");
+    }
+
+    #[test]
+    fn unknown_capabilities_and_guards_are_errors_naming_where() {
+        let text = format!(
+            "{CAPS}      capabilities:\n        deny: [CAP_FLY]\n        allow: [CAP_CHOWN, CAP_BPF]\n        userNamespaces: maybe\n      hostControl:\n        allow: [dockerish]\n"
+        );
+        let errors = parse_str("p.yaml", &text).expect_err("invalid");
+        let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            vec![
+                "p.yaml:8: spec.identities[0].capabilities.deny[0]: \"CAP_FLY\" is not a Linux capability (e.g. CAP_NET_RAW)",
+                "p.yaml:9: spec.identities[0].capabilities.allow[0]: CAP_CHOWN is not denied by default: nothing to allow",
+                "p.yaml:10: spec.identities[0].capabilities.userNamespaces: \"maybe\": expected allow or deny",
+                "p.yaml:12: spec.identities[0].hostControl.allow[0]: \"dockerish\" is not a hostControl guard (expected one of serviceManager, scheduler, containerRuntime, kernelTunables)",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_capability_both_allowed_and_denied_is_an_error() {
+        let text = format!("{CAPS}      capabilities: {{ deny: [CAP_BPF], allow: [CAP_BPF] }}\n");
+        let errors = parse_str("p.yaml", &text).expect_err("invalid");
+        assert!(errors[0].to_string().contains("capabilities.allow[0]: CAP_BPF is also in deny"), "{errors:?}");
     }
 }

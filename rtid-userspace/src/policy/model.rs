@@ -3,7 +3,9 @@
 
 use std::{net::IpAddr, time::Duration};
 
-use rtid_common::{Verdict, access, protocol};
+use std::collections::BTreeSet;
+
+use rtid_common::{Verdict, access, capability, protocol};
 
 /// Enforce verdicts, or only report what would have happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -66,6 +68,10 @@ pub struct IdentitySpec {
     pub files: Vec<PathRuleSpec>,
     pub exec: Vec<PathRuleSpec>,
     pub network: Vec<NetRuleSpec>,
+    /// The capability ceiling and the user namespace guard.
+    pub capabilities: CapabilityCeiling,
+    /// Built-in `hostControl` guards this identity opted out of (by name).
+    pub host_control_allowed: BTreeSet<HostControl>,
 }
 
 impl IdentitySpec {
@@ -86,6 +92,196 @@ impl IdentitySpec {
             files: Vec::new(),
             exec: Vec::new(),
             network: Vec::new(),
+            capabilities: CapabilityCeiling::default(),
+            host_control_allowed: BTreeSet::new(),
+        }
+    }
+}
+
+/// Capabilities every identity is denied unless its policy opts back in by
+/// name: each one either administers the kernel (modules, BPF, mounts,
+/// namespaces), reaches other processes' memory, or bypasses file permissions
+/// or integrity in a way that leads out of the identity.
+pub const DEFAULT_DENIED_CAPABILITIES: &[&str] = &[
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_RAWIO",
+    "CAP_BPF",
+    "CAP_PERFMON",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_MKNOD",
+    "CAP_SYS_BOOT",
+    "CAP_MAC_ADMIN",
+    "CAP_MAC_OVERRIDE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_SYS_TIME",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// Bit of a capability number in a capability mask.
+pub const fn capability_bit(number: u32) -> u64 {
+    1u64 << number
+}
+
+/// `DEFAULT_DENIED_CAPABILITIES` as a mask.
+pub fn default_denied_mask() -> u64 {
+    DEFAULT_DENIED_CAPABILITIES
+        .iter()
+        .map(|name| capability_bit(capability::number(name).expect("a known capability name")))
+        .fold(0, |mask, bit| mask | bit)
+}
+
+/// Capability names in a mask, in capability number order.
+pub fn capability_names(mask: u64) -> Vec<&'static str> {
+    capability::NAMES
+        .iter()
+        .enumerate()
+        .filter(|(number, _)| mask & (1u64 << number) != 0)
+        .map(|(_, name)| *name)
+        .collect()
+}
+
+/// What an identity may not do with privileges, whatever its credentials.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CapabilityCeiling {
+    /// Bit mask over capability numbers (`rtid_common::capability::NAMES`).
+    pub denied: u64,
+    /// Default-denied capabilities the policy allowed back (`policy check` warns).
+    pub opted_in: u64,
+    /// Creating user namespaces (each starts with a full capability set of its own).
+    pub user_namespaces: bool,
+}
+
+impl Default for CapabilityCeiling {
+    fn default() -> Self {
+        CapabilityCeiling { denied: default_denied_mask(), opted_in: 0, user_namespaces: false }
+    }
+}
+
+/// The built-in `hostControl` guards: ways to get a command run by something
+/// untagged, outside the identity. Every identity has all of them unless its
+/// policy opts out by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum HostControl {
+    /// systemd's private socket and the system bus (starting units).
+    ServiceManager,
+    /// at and cron spools and crontabs.
+    Scheduler,
+    /// docker, containerd, CRI-O and podman sockets.
+    ContainerRuntime,
+    /// Writes under /proc/sys and /sys (core_pattern, binfmt_misc, module parameters).
+    KernelTunables,
+}
+
+impl HostControl {
+    pub const ALL: [HostControl; 4] = [
+        HostControl::ServiceManager,
+        HostControl::Scheduler,
+        HostControl::ContainerRuntime,
+        HostControl::KernelTunables,
+    ];
+
+    /// The name policy uses (`hostControl: { allow: [...] }`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            HostControl::ServiceManager => "serviceManager",
+            HostControl::Scheduler => "scheduler",
+            HostControl::ContainerRuntime => "containerRuntime",
+            HostControl::KernelTunables => "kernelTunables",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<HostControl> {
+        HostControl::ALL.into_iter().find(|group| group.name() == name)
+    }
+
+    /// The rule id its rules carry in events and `explain`.
+    pub fn rule_id(self) -> String {
+        format!("rtid/host-control/{}", self.name())
+    }
+
+    /// What the guard refuses, for `explain` and messages.
+    pub const fn description(self) -> &'static str {
+        match self {
+            HostControl::ServiceManager => "built-in: systemd's private socket, the system bus, unit directories",
+            HostControl::Scheduler => "built-in: writing at and cron jobs",
+            HostControl::ContainerRuntime => "built-in: docker, containerd, CRI-O and podman sockets",
+            HostControl::KernelTunables => {
+                "built-in: writes to /proc/sys, sysrq, module parameters and kernel settings under /sys"
+            }
+        }
+    }
+
+    /// The guard as deny rules (ids: `rule_id()`). Module loading and kexec
+    /// are refused by the capability ceiling (CAP_SYS_MODULE, CAP_SYS_BOOT).
+    pub fn rules(self) -> (Vec<PathRuleSpec>, Vec<NetRuleSpec>) {
+        let id = self.rule_id();
+        let write = |pattern: PathPattern| PathRuleSpec {
+            access: access::WRITE,
+            ..PathRuleSpec::file(&id, pattern, Verdict::Deny)
+        };
+        let dir = |path: &str| write(PathPattern::Directory(path.into()));
+        let file = |path: &str| write(PathPattern::Exact(path.into()));
+        let socket = |path: &str| NetRuleSpec::unix(&id, path, Verdict::Deny);
+        match self {
+            HostControl::ServiceManager => (
+                // Unit files written here run as services at the next reload or boot.
+                vec![dir("/etc/systemd/system/"), dir("/run/systemd/system/"), dir("/run/systemd/transient/")],
+                vec![
+                    socket("/run/systemd/private"),
+                    socket("/run/dbus/system_bus_socket"),
+                    socket("/var/run/dbus/system_bus_socket"),
+                ],
+            ),
+            HostControl::Scheduler => (
+                vec![
+                    // Debian keeps crontabs and at jobs under /var/spool/cron/{crontabs,atjobs}.
+                    dir("/var/spool/cron/"),
+                    dir("/var/spool/at/"),
+                    dir("/var/spool/atjobs/"),
+                    dir("/etc/cron.d/"),
+                    dir("/etc/cron.hourly/"),
+                    dir("/etc/cron.daily/"),
+                    dir("/etc/cron.weekly/"),
+                    dir("/etc/cron.monthly/"),
+                    dir("/etc/cron.yearly/"),
+                    file("/etc/crontab"),
+                    file("/etc/anacrontab"),
+                ],
+                Vec::new(),
+            ),
+            HostControl::ContainerRuntime => (
+                Vec::new(),
+                vec![
+                    socket("/run/docker.sock"),
+                    socket("/var/run/docker.sock"),
+                    socket("/run/containerd/containerd.sock"),
+                    socket("/var/run/containerd/containerd.sock"),
+                    socket("/run/crio/crio.sock"),
+                    socket("/var/run/crio/crio.sock"),
+                    socket("/run/podman/podman.sock"),
+                    socket("/var/run/podman/podman.sock"),
+                ],
+            ),
+            HostControl::KernelTunables => (
+                vec![
+                    // core_pattern, modprobe and binfmt_misc (fs/binfmt_misc) all live here.
+                    dir("/proc/sys/"),
+                    file("/proc/sysrq-trigger"),
+                    dir("/sys/module/"),
+                    // uevent_helper, securityfs (LSM policies), power state.
+                    dir("/sys/kernel/"),
+                    dir("/sys/power/"),
+                    // cgroup v1's helper run by the kernel (cgroup v2 directories stay writable).
+                    write(PathPattern::Name("release_agent".into())),
+                ],
+                Vec::new(),
+            ),
         }
     }
 }
