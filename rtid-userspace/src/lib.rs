@@ -7,6 +7,7 @@ pub mod audit;
 pub mod cli;
 pub mod daemon;
 pub mod events;
+pub mod harden;
 pub mod launch;
 pub mod loader;
 pub mod metrics;
