@@ -1,13 +1,15 @@
 //! The daemon's control API: JSON lines over a Unix socket. The CLI is a
 //! client of this API and shares these types with the daemon.
 //!
-//! Authorisation: the daemon reads the caller's peer credentials; root or a
-//! configured group may call, and any process that carries an identity is
-//! refused whoever it runs as, so an agent cannot relabel itself or change
-//! policy.
+//! Authorisation: the daemon decides at accept, before reading a byte, from
+//! the peer credentials and a pidfd of the process that connected; root or
+//! the admin group (supplementary groups count) may call, and any process
+//! that carries an identity, or that is gone, is refused whoever it runs as,
+//! so an agent cannot relabel itself or change policy. It decides again on
+//! the same process once the request line (at most 4 MiB) is in.
 
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::{BufRead, BufReader},
     os::unix::net::UnixStream,
     path::Path,
 };
@@ -88,6 +90,15 @@ pub enum Request {
         request: String,
         reason: Option<String>,
     },
+    /// What `rtid run` must take away from the command it launches, before
+    /// exec: the identity's denied capabilities, whether it may create user
+    /// namespaces, and the daemon's pid (never to be signalled or traced).
+    LaunchPlan {
+        identity: String,
+        /// Run as `identity` delegated from this one: both identities' denials.
+        #[serde(default)]
+        delegated_by: Option<String>,
+    },
     /// Stream events; with `follow`, until the client goes away.
     Events {
         follow: bool,
@@ -115,6 +126,27 @@ pub enum Response {
     Event(Box<EventRecord>),
     Grants { grants: Vec<crate::daemon::grants::Grant> },
     Approvals { requests: Vec<crate::daemon::grants::ApprovalRequest> },
+    LaunchPlan(LaunchPlan),
+}
+
+/// The answer to [`Request::LaunchPlan`].
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LaunchPlan {
+    pub daemon_pid: u32,
+    /// Capability names (`CAP_SYS_ADMIN`, ...) the launched command must not hold.
+    pub denied_capabilities: Vec<String>,
+    pub deny_user_namespaces: bool,
+}
+
+impl LaunchPlan {
+    /// The denied capabilities as a bit mask of capability numbers; an unknown name is an error.
+    pub fn capability_mask(&self) -> Result<u64, String> {
+        self.denied_capabilities.iter().try_fold(0u64, |mask, name| {
+            rtid_common::capability::number(name)
+                .map(|number| mask | (1u64 << number))
+                .ok_or_else(|| format!("the daemon named an unknown capability {name:?}"))
+        })
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -145,6 +177,26 @@ pub struct StatusReport {
     pub sinks: Vec<crate::events::pipeline::SinkReport>,
     #[serde(default)]
     pub events_suppressed: u64,
+    /// Whether every program is attached and pinned as the daemon left it.
+    #[serde(default)]
+    pub integrity: IntegrityReport,
+    /// Each protection of the monitor's integrity and how this kernel holds it.
+    #[serde(default)]
+    pub protections: Vec<crate::loader::ProtectionStatus>,
+}
+
+/// What the daemon's attachment checks found (`degraded` until a check finds
+/// everything in place again).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct IntegrityReport {
+    pub degraded: bool,
+    /// What was found missing since the daemon was last whole: `NAME (pin removed)`, ...
+    pub missing: Vec<String>,
+    /// What could not be put back, with why.
+    pub unrepaired: Vec<String>,
+    /// Checks run so far.
+    pub checks: u64,
+    pub interval_seconds: f64,
 }
 
 /// Which backend enforces each kind of action (`lsm`, `tracepoint`, `cgroup_sock`).
@@ -193,6 +245,25 @@ pub enum ClientError {
     Decode(#[from] serde_json::Error),
 }
 
+fn send_all(stream: &UnixStream, mut bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    while !bytes.is_empty() {
+        // SAFETY: sends from a live slice of the given length on an open socket.
+        let sent = unsafe {
+            libc::send(stream.as_raw_fd(), bytes.as_ptr() as *const libc::c_void, bytes.len(), libc::MSG_NOSIGNAL)
+        };
+        if sent < 0 {
+            let error = std::io::Error::last_os_error();
+            if error.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        bytes = &bytes[sent as usize..];
+    }
+    Ok(())
+}
+
 /// A connection to the daemon.
 pub struct Client {
     reader: BufReader<UnixStream>,
@@ -206,11 +277,21 @@ impl Client {
         Ok(Client { reader: BufReader::new(stream.try_clone()?), writer: stream })
     }
 
+    /// Sends one request line. A daemon that refuses the connection answers
+    /// before reading it and may close its end while this still writes: the
+    /// answer is then read by [`Client::next_response`], not lost to a
+    /// broken pipe (MSG_NOSIGNAL: no SIGPIPE either).
     pub fn send(&mut self, request: &Request) -> Result<(), ClientError> {
         let mut line = serde_json::to_string(request)?;
         line.push('\n');
-        self.writer.write_all(line.as_bytes())?;
-        Ok(())
+        match send_all(&self.writer, line.as_bytes()) {
+            Err(error)
+                if matches!(error.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset) =>
+            {
+                Ok(())
+            }
+            other => Ok(other?),
+        }
     }
 
     /// The next response, or None when the daemon closed the stream.

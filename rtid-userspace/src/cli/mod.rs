@@ -13,7 +13,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use crate::{
     api::{Client, DEFAULT_SOCKET, ExplainAction, Request, Response},
     daemon::{self, DaemonOptions},
-    launch::fork_paused,
+    launch::{Hardening, fork_paused_hardened},
     policy::document,
 };
 
@@ -166,6 +166,11 @@ struct DaemonArgs {
     /// trail, the HTTP endpoint (/metrics, /events), the per-identity event cap.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// How often the daemon checks that every program is still attached and
+    /// pinned (what is missing is restored, reported as a tamper event, and
+    /// `rtid status` says degraded until whole).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    integrity_interval: std::time::Duration,
 }
 
 #[derive(Subcommand)]
@@ -322,6 +327,7 @@ fn run_daemon(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<ExitCode> {
     };
     let options = DaemonOptions {
         config,
+        config_path: args.config.clone(),
         policy_paths: args.policy,
         state_dir: args.state_dir,
         pin_dir: (!args.no_pin).then_some(args.pin_dir),
@@ -332,6 +338,7 @@ fn run_daemon(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<ExitCode> {
         approval_timeout: args.approval_timeout,
         webhook: args.approval_webhook,
         max_grant_ttl: args.max_grant_ttl,
+        integrity_interval: args.integrity_interval.max(std::time::Duration::from_millis(100)),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(daemon::run(options))?;
@@ -375,10 +382,26 @@ fn simple(socket: &Path, request: &Request, json: bool) -> anyhow::Result<ExitCo
     }
 }
 
-/// Forks the command held before exec, has the daemon label it, lets it run,
-/// and exits with its status (128 + signal when killed).
+/// Asks the daemon what the identity may not hold, forks the command held
+/// before exec with that taken away (capabilities, no_new_privs, seccomp: see
+/// `harden`), has the daemon label it, lets it run, and exits with its status
+/// (128 + signal when killed).
 fn run_command(socket: &Path, mut request: Request, command: &[String]) -> anyhow::Result<ExitCode> {
-    let mut child = fork_paused(command, false)?;
+    let Request::LabelChild { identity, delegated_by, .. } = &request else {
+        anyhow::bail!("rtid run labels a child");
+    };
+    let plan_request = Request::LaunchPlan { identity: identity.clone(), delegated_by: delegated_by.clone() };
+    let plan = match call(socket, &plan_request) {
+        Ok(Response::LaunchPlan(plan)) => plan,
+        Ok(response) => return Ok(output::print(&response, false)),
+        Err(code) => return Ok(code),
+    };
+    let hardening = Hardening {
+        denied_capabilities: plan.capability_mask().map_err(|problem| anyhow::anyhow!(problem))?,
+        deny_user_namespaces: plan.deny_user_namespaces,
+        daemon_pid: Some(plan.daemon_pid),
+    };
+    let mut child = fork_paused_hardened(command, false, &hardening)?;
     if let Request::LabelChild { pid, .. } = &mut request {
         *pid = child.pid;
     }
@@ -432,6 +455,10 @@ fn policy(socket: &Path, command: PolicyCommand, json: bool) -> anyhow::Result<E
         PolicyCommand::Check { files } => match document::load_paths(&files) {
             Ok(set) => match crate::policy::compile(&set.identities) {
                 Ok(compiled) => {
+                    // Opt-ins that weaken the built-in protections are legal, and said out loud.
+                    for warning in crate::policy::warnings(&set.identities) {
+                        eprintln!("warning: {warning}");
+                    }
                     println!("policy ok: {} identities, {} rules", compiled.identities.len(), compiled.rules.len());
                     Ok(ExitCode::SUCCESS)
                 }

@@ -40,6 +40,7 @@ pub fn print(response: &Response, json: bool) -> ExitCode {
                 ("ring-full drops", status.ring_full_drops.to_string()),
                 ("hook errors", status.hook_errors.to_string()),
                 ("events suppressed (cap)", status.events_suppressed.to_string()),
+                ("integrity", integrity(&status.integrity)),
                 ("node", status.node.clone()),
                 ("uptime", format!("{}s", status.uptime_seconds)),
             ];
@@ -56,6 +57,17 @@ pub fn print(response: &Response, json: bool) -> ExitCode {
             }
             for skipped in &kernel.skipped_tracepoints {
                 println!("tracepoint syscalls/{} not attached: {}", skipped.tracepoint, skipped.reason);
+            }
+            for problem in &status.integrity.unrepaired {
+                println!("not restored: {problem}");
+            }
+            if !status.protections.is_empty() {
+                println!();
+                println!("{:<22} {:<15} HOW", "PROTECTION", "STATE");
+                for protection in &status.protections {
+                    let state = serde_json::to_value(protection.level).unwrap_or_default();
+                    println!("{:<22} {:<15} {}", protection.name, state.as_str().unwrap_or("?"), protection.detail);
+                }
             }
             println!();
             println!("{:<20} {:>8} {:>8}", "MAP", "ENTRIES", "CAPACITY");
@@ -137,6 +149,11 @@ pub fn print(response: &Response, json: bool) -> ExitCode {
                 );
             }
         }
+        Response::LaunchPlan(plan) => {
+            println!("daemon pid {}", plan.daemon_pid);
+            println!("denied capabilities: {}", plan.denied_capabilities.join(", "));
+            println!("user namespaces: {}", if plan.deny_user_namespaces { "denied" } else { "allowed" });
+        }
         Response::Event(record) => {
             let object = record
                 .path
@@ -157,4 +174,13 @@ pub fn print(response: &Response, json: bool) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// `whole`, or `degraded (missing: ...)` until a check finds everything in place.
+fn integrity(report: &crate::api::IntegrityReport) -> String {
+    if report.degraded {
+        format!("degraded (missing: {})", report.missing.join(", "))
+    } else {
+        format!("whole ({} checks, every {}s)", report.checks, report.interval_seconds)
+    }
 }

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod grants;
+mod peer;
 mod server;
 pub mod state;
 pub mod streams;
@@ -48,6 +49,10 @@ pub struct DaemonOptions {
     pub max_grant_ttl: std::time::Duration,
     /// Sinks, audit trail, HTTP endpoint, event cap (`--config`).
     pub config: config::DaemonConfig,
+    /// The `--config` file it was read from (protected from identities).
+    pub config_path: Option<PathBuf>,
+    /// How often every pinned link is checked (attached, pinned as left).
+    pub integrity_interval: std::time::Duration,
 }
 
 /// What a labeled process was given, for `rtid ps`.
@@ -80,6 +85,10 @@ pub struct Daemon {
     /// worked out under (events name the chain; working it out per event is
     /// too slow for a flood).
     pub chains: (u64, std::collections::HashMap<u32, Option<String>>),
+    /// `--admin-group` resolved at start: its members may use the control API.
+    pub admin_gid: Option<u32>,
+    /// What the attachment checks found.
+    pub integrity: crate::api::IntegrityReport,
 }
 
 pub type Shared = Arc<Mutex<Daemon>>;
@@ -189,6 +198,53 @@ fn endpoint_rules(endpoints: &[std::net::SocketAddr]) -> Vec<crate::policy::NetR
 }
 
 impl DaemonOptions {
+    /// rtid's own files, which no identity may change: the pin dir, policy
+    /// files and directories, the config file, the state dir, the audit log
+    /// and its rotations (and those of event files), the control socket, and
+    /// the `rtid` binary itself.
+    pub fn protected_paths(&self) -> Vec<crate::loader::ProtectedPath> {
+        use crate::loader::ProtectedPath;
+        let mut paths = Vec::new();
+        if let Some(pins) = &self.pin_dir {
+            paths.push(ProtectedPath::directory(pins));
+        }
+        for policy in &self.policy_paths {
+            let absolute = std::path::absolute(policy).unwrap_or_else(|_| policy.clone());
+            paths.push(if absolute.is_dir() {
+                ProtectedPath::directory(absolute)
+            } else {
+                ProtectedPath::file(absolute)
+            });
+        }
+        if let Some(config) = &self.config_path {
+            paths.push(ProtectedPath::file(std::path::absolute(config).unwrap_or_else(|_| config.clone())));
+        }
+        paths.push(ProtectedPath::directory(
+            std::path::absolute(&self.state_dir).unwrap_or_else(|_| self.state_dir.clone()),
+        ));
+        let rotated = |path: &PathBuf, keep: u32| {
+            let base = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+            let mut files = vec![ProtectedPath::file(base.clone())];
+            files.extend((1..=keep).map(|n| ProtectedPath::file(format!("{}.{n}", base.display()))));
+            files
+        };
+        if let Some(audit) = &self.config.audit {
+            paths.extend(rotated(&audit.path, audit.keep));
+        }
+        for sink in &self.config.sinks {
+            if let config::SinkConfig::File { path, keep, .. } = sink {
+                paths.extend(rotated(path, *keep));
+            }
+        }
+        paths.push(ProtectedPath::control_socket(
+            std::path::absolute(&self.socket).unwrap_or_else(|_| self.socket.clone()),
+        ));
+        if let Ok(binary) = std::fs::read_link("/proc/self/exe") {
+            paths.push(ProtectedPath::file(binary));
+        }
+        paths
+    }
+
     /// The endpoints `install` protects.
     pub fn endpoints(&self) -> Vec<std::net::SocketAddr> {
         self.config.http.iter().map(|http| http.listen).collect()
@@ -278,6 +334,13 @@ impl Daemon {
 
 pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     let started = Instant::now();
+    refuse_tracing()?;
+    let admin_gid = match &options.admin_group {
+        Some(group) => {
+            Some(server::group_id(group).ok_or_else(|| anyhow::anyhow!("--admin-group {group:?}: no such group"))?)
+        }
+        None => None,
+    };
     let policy = read_policy(&options.policy_paths).map_err(|errors| anyhow::anyhow!("policy:\n{errors}"))?;
     let load = LoadOptions { pin_dir: options.pin_dir.clone(), ..LoadOptions::default() };
     let mut kernel = RtidKernel::load(&load).context("loading the kernel programs")?;
@@ -287,6 +350,9 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
         kernel.restore_identity_ids(saved.identity_ids.clone());
         info!(pins = %options.pin_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default(), "adopted pinned programs and maps");
     }
+    // Identities may not signal, trace or read this process, nor change rtid's files.
+    kernel.set_daemon_tgid(std::process::id()).context("registering the daemon with the kernel")?;
+    kernel.set_protected_paths(&options.protected_paths()).context("registering rtid's files with the kernel")?;
     let mut ledger = grants::Ledger::new(options.approval_timeout, options.max_grant_ttl);
     let derived = restore_saved(&saved, &policy, &mut ledger);
     install(&mut kernel, &policy, &derived, ledger.live(), &options.endpoints())?;
@@ -332,7 +398,12 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
         enricher: crate::events::enrich::Enricher::new(),
         exec_images: std::collections::HashMap::new(),
         chains: (0, std::collections::HashMap::new()),
+        admin_gid,
+        integrity: crate::api::IntegrityReport::default(),
     }));
+    // At start (and so on adoption of pins), then periodically.
+    check_integrity(&mut daemon.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+    tokio::spawn(watch_integrity(daemon.clone()));
     tokio::spawn(pump_events(reader, daemon.clone()));
     tokio::spawn(tick_throttle(daemon.clone()));
     if let Some(http) = http {
@@ -344,7 +415,7 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
             }
         });
     }
-    let listener = server::bind(&socket)?;
+    let listener = server::bind(&socket, admin_gid)?;
     info!(socket = %socket.display(), ready_in_ms = started.elapsed().as_millis() as u64, "rtid daemon ready");
     let server = tokio::spawn(server::serve(listener, daemon.clone()));
     state::save(&daemon.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
@@ -353,6 +424,10 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&socket);
     let mut daemon = daemon.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     state::save(&daemon);
+    // Pins that outlive this process must not guard whatever process gets its pid next.
+    if let Err(error) = daemon.kernel.set_daemon_tgid(0) {
+        warn!(%error, "unregistering the daemon");
+    }
     daemon.streams.audit_change(serde_json::json!({ "action": "daemon_stop", "unpin": daemon.options.unpin_on_exit }));
     daemon.streams.close();
     if daemon.options.unpin_on_exit {
@@ -360,6 +435,17 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
         info!("pins removed: enforcement stops with the daemon");
     } else if daemon.kernel.pin_dir().is_some() {
         info!("pins kept: enforcement continues while the daemon is down");
+    }
+    Ok(())
+}
+
+/// Not dumpable: without CAP_SYS_PTRACE no process can ptrace the daemon or
+/// open its /proc/<pid>/mem, on every backend (identities never hold that
+/// capability under the default ceiling).
+fn refuse_tracing() -> anyhow::Result<()> {
+    // SAFETY: PR_SET_DUMPABLE takes an integer argument and touches no memory of ours.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("prctl(PR_SET_DUMPABLE, 0)");
     }
     Ok(())
 }
@@ -604,6 +690,128 @@ impl Daemon {
 /// Processes whose exec image the daemon remembers (cleared when full:
 /// entries go at exit, so only leaked ones would fill it).
 const EXEC_IMAGES_CAPACITY: usize = 65536;
+
+/// Each protection of the monitor's integrity (issue 10) and how it holds on
+/// this kernel, for `rtid status`: the kernel's, with what the daemon adds.
+pub fn protections(daemon: &Daemon) -> Vec<crate::loader::ProtectionStatus> {
+    use rtid_common::protection;
+
+    use crate::loader::{ProtectionLevel, ProtectionStatus};
+    let mut list = daemon.kernel.protections();
+    for status in &mut list {
+        if status.name == protection::name(protection::CONTROL_SOCKET) {
+            // Whatever the kernel does at connect, the daemon refuses such a peer before reading a byte.
+            status.detail.push_str(
+                "; the daemon also judges the peer's credentials and pidfd taken at accept: a peer carrying an \
+                 identity, or gone, is refused before its request is read",
+            );
+        }
+        if status.name == protection::name(protection::DAEMON_TRACE) {
+            status.detail.push_str(
+                "; the daemon is not dumpable: without CAP_SYS_PTRACE (dropped by `rtid run`) ptrace and \
+                 /proc/<pid>/mem fail with EPERM",
+            );
+        }
+    }
+    let pinned = daemon.kernel.pin_dir().is_some();
+    list.push(ProtectionStatus {
+        name: protection::name(protection::DETACHED).into(),
+        level: if pinned { ProtectionLevel::AfterTheFact } else { ProtectionLevel::Enforced },
+        detail: if pinned {
+            format!(
+                "the daemon holds its own reference to every link, so removing a pin detaches nothing; every {:?} it \
+                 pins again what lost its pin, re-attaches detached cgroup links and raises a tamper event",
+                daemon.options.integrity_interval
+            )
+        } else {
+            "nothing pinned: the links live and die with the daemon".into()
+        },
+    });
+    list
+}
+
+/// Checks the attachments every `--integrity-interval`.
+async fn watch_integrity(daemon: Shared) {
+    let period = daemon.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).options.integrity_interval;
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval.tick().await;
+    loop {
+        interval.tick().await;
+        check_integrity(&mut daemon.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+    }
+}
+
+/// One attachment check: what is missing is put back where it can be, raised
+/// as a `tamper` event (rule `rtid/detached`) and audited, and the daemon is
+/// `degraded` until a later check finds everything in place.
+fn check_integrity(daemon: &mut Daemon) {
+    let check = daemon.kernel.check_attachments();
+    let integrity = &mut daemon.integrity;
+    integrity.checks += 1;
+    integrity.interval_seconds = daemon.options.integrity_interval.as_secs_f64();
+    let rule_id = rtid_common::protection::name(rtid_common::protection::DETACHED);
+    if !check.whole() {
+        warn!(missing = ?check.missing, repaired = ?check.repaired, unrepaired = ?check.unrepaired, "enforcement found detached or unpinned");
+        integrity.degraded = true;
+        for missing in &check.missing {
+            if !integrity.missing.contains(missing) {
+                integrity.missing.push(missing.clone());
+            }
+        }
+        integrity.unrepaired = check.unrepaired.clone();
+        let mut rule = format!("missing: {}", check.missing.join(", "));
+        if !check.repaired.is_empty() {
+            rule.push_str(&format!("; restored: {}", check.repaired.join(", ")));
+        }
+        if !check.unrepaired.is_empty() {
+            rule.push_str(&format!("; not restored: {}", check.unrepaired.join("; ")));
+        }
+        let record = EventRecord {
+            verdict: "deny".into(),
+            outcome: if check.unrepaired.is_empty() { "restored" } else { "degraded" }.into(),
+            decision: rtid_common::DecisionSource::Protected.name().into(),
+            rule_id: Some(rule_id.into()),
+            rule: Some(rule),
+            path: daemon.kernel.pin_dir().map(|dir| dir.display().to_string()),
+            ..integrity_record("tamper")
+        };
+        daemon.streams.audit_change(serde_json::json!({
+            "action": "integrity_check",
+            "missing": check.missing,
+            "restored": check.repaired,
+            "not_restored": check.unrepaired,
+        }));
+        emit_daemon_record(daemon, record);
+    } else if integrity.degraded {
+        info!(was_missing = ?integrity.missing, "enforcement whole again");
+        let rule = format!("whole again; was missing: {}", integrity.missing.join(", "));
+        integrity.degraded = false;
+        integrity.missing.clear();
+        integrity.unrepaired.clear();
+        let record = EventRecord {
+            outcome: "restored".into(),
+            decision: rtid_common::DecisionSource::Protected.name().into(),
+            rule_id: Some(rule_id.into()),
+            rule: Some(rule),
+            ..integrity_record("integrity")
+        };
+        daemon.streams.audit_change(serde_json::json!({ "action": "integrity_whole" }));
+        emit_daemon_record(daemon, record);
+    }
+}
+
+fn integrity_record(kind: &str) -> EventRecord {
+    EventRecord { time_boot_ns: crate::loader::boot_time_ns(), ..EventRecord::from_daemon(kind) }
+}
+
+/// Sends an event the daemon raised itself, numbered and timed like the kernel's.
+fn emit_daemon_record(daemon: &mut Daemon, mut record: EventRecord) {
+    record.seq = daemon.streams.next_seq();
+    record.time = streams::WallClock::now().format(record.time_boot_ns);
+    record.node = daemon.streams.node.clone();
+    daemon.streams.emit(record);
+}
 
 /// Summaries for identities whose capped second ended quietly.
 async fn tick_throttle(daemon: Shared) {

@@ -1,29 +1,49 @@
 //! The control API server: one JSON request per line, answered on the same connection.
 
-use std::{os::unix::fs::PermissionsExt, path::Path, time::Instant};
+use std::{
+    os::{fd::AsFd, unix::fs::PermissionsExt},
+    path::Path,
+    time::Instant,
+};
 
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
-    net::{UnixListener, UnixStream},
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream, unix::OwnedReadHalf},
     sync::broadcast,
 };
 use tracing::{info, warn};
 
-use super::{LabelInfo, Shared};
+use super::{
+    LabelInfo, Shared,
+    peer::{Peer, PeerError},
+};
 use crate::{
     api::{Backends, ExplainAction, ProcessEntry, Request, Response, StatusReport},
-    events::pipeline::SharedRecord,
+    events::{pipeline::SharedRecord, record::EventRecord},
     policy::document,
 };
 
-pub fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
+/// Longest request line the daemon reads. `policy apply` carries whole
+/// policy documents in one line; 4 MiB is far above any real policy set and
+/// keeps one connection from making the daemon buffer without bound.
+pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// How long a refused connection's unread bytes are drained (never parsed), so
+/// its client reads the refusal instead of a broken pipe.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Binds the control socket: mode 0660, owned by root and `admin_gid` when given.
+pub fn bind(socket: &Path, admin_gid: Option<u32>) -> anyhow::Result<UnixListener> {
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir)?;
     }
     let _ = std::fs::remove_file(socket);
     let listener = UnixListener::bind(socket)?;
-    // Root and the admin group (checked again per call from peer credentials).
+    // Root and the admin group (checked again per connection from the peer's credentials).
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))?;
+    if let Some(gid) = admin_gid {
+        std::os::unix::fs::chown(socket, None, Some(gid))?;
+    }
     Ok(listener)
 }
 
@@ -32,60 +52,170 @@ pub async fn serve(listener: UnixListener, daemon: Shared) {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        // Taken at accept, before any byte is read: the process that
+        // connected, as the kernel recorded it, pinned by a pidfd.
+        let peer = Peer::of(stream.as_fd(), crate::loader::boot_time_ns());
         let daemon = daemon.clone();
-        let events = daemon.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).streams.subscribe();
         tokio::spawn(async move {
-            if let Err(error) = handle(stream, daemon, events).await {
+            if let Err(error) = handle(stream, peer, daemon).await {
                 warn!(%error, "control connection");
             }
         });
     }
 }
 
-async fn handle(
-    stream: UnixStream,
-    daemon: Shared,
-    mut events: broadcast::Receiver<SharedRecord>,
-) -> anyhow::Result<()> {
-    let credentials = stream.peer_cred()?;
+/// A connection refused, and why: answered, reported as a `tamper` event and
+/// audited, and never read.
+struct Refusal {
+    message: String,
+    pid: u32,
+    uid: u32,
+    identity: Option<(u32, String)>,
+}
+
+/// What the first line of a connection turned out to be.
+enum RequestLine {
+    Closed,
+    TooLong,
+    Line(String),
+}
+
+async fn handle(stream: UnixStream, peer: Result<Peer, PeerError>, daemon: Shared) -> anyhow::Result<()> {
     let (read_half, mut write_half) = stream.into_split();
-    let mut lines = BufReader::new(read_half).lines();
-    let Some(line) = lines.next_line().await? else {
-        return Ok(());
+    let peer = match peer {
+        Ok(peer) => peer,
+        Err(problem) => {
+            let (pid, uid) = match problem {
+                PeerError::Gone { pid, uid } => (pid, uid),
+                PeerError::Credentials(_) => (0, 0),
+            };
+            let refusal = Refusal { message: format!("refused: {problem}"), pid, uid, identity: None };
+            return refuse(&daemon, refusal, read_half, write_half).await;
+        }
     };
-    let caller_pid = credentials.pid().unwrap_or(0) as u32;
+    tracing::debug!(pid = peer.pid, uid = peer.uid, pidfd = peer.source, "control connection");
+    if let Err(refusal) = authorize(&daemon, &peer) {
+        return refuse(&daemon, refusal, read_half, write_half).await;
+    }
+    // Subscribed before the request is read: a follower misses nothing after connect.
+    let mut events = daemon.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).streams.subscribe();
+    let mut reader = BufReader::new(read_half);
+    let line = match read_request_line(&mut reader).await? {
+        RequestLine::Closed => return Ok(()),
+        RequestLine::TooLong => {
+            warn!(caller_pid = peer.pid, limit = MAX_REQUEST_BYTES, "request line too long: refused");
+            let message = format!("refused: the request is longer than {MAX_REQUEST_BYTES} bytes; nothing was changed");
+            write(&mut write_half, &Response::Error { message }).await?;
+            drain(reader.into_inner()).await;
+            return Ok(());
+        }
+        RequestLine::Line(line) => line,
+    };
+    // Decided again on the same process now that its request is here: it may
+    // have been labeled since it connected, or be gone, leaving the
+    // connection to another process.
+    if let Err(refusal) = authorize(&daemon, &peer) {
+        report_refusal(&daemon, &refusal);
+        return write(&mut write_half, &Response::Error { message: refusal.message }).await;
+    }
+    let caller_pid = peer.pid;
     let response = match serde_json::from_str::<Request>(&line) {
         Err(error) => Response::Error { message: format!("malformed request: {error}") },
-        Ok(request) => match authorize(&daemon, credentials.uid(), credentials.gid(), caller_pid) {
-            Err(message) => {
-                warn!(caller_pid, uid = credentials.uid(), %message, "refused control request");
-                Response::Error { message }
+        Ok(Request::Events { follow, identity, verdicts }) => {
+            let dropped = daemon.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).streams.socket_stats.clone();
+            return stream_events(&mut write_half, &mut events, &dropped, follow, identity, verdicts).await;
+        }
+        Ok(request) => {
+            let change = change_record(&request, peer.uid, caller_pid);
+            let response = dispatch(&daemon, request, caller_pid);
+            if let (Some(mut change), Response::Ok { message }) = (change, &response) {
+                change["result"] = serde_json::Value::String(message.clone());
+                daemon.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).streams.audit_change(change);
             }
-            Ok(()) => {
-                if let Request::Events { follow, identity, verdicts } = &request {
-                    let dropped =
-                        daemon.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).streams.socket_stats.clone();
-                    return stream_events(
-                        &mut write_half,
-                        &mut events,
-                        &dropped,
-                        *follow,
-                        identity.clone(),
-                        verdicts.clone(),
-                    )
-                    .await;
-                }
-                let change = change_record(&request, credentials.uid(), caller_pid);
-                let response = dispatch(&daemon, request, caller_pid);
-                if let (Some(mut change), Response::Ok { message }) = (change, &response) {
-                    change["result"] = serde_json::Value::String(message.clone());
-                    daemon.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).streams.audit_change(change);
-                }
-                response
-            }
-        },
+            response
+        }
     };
     write(&mut write_half, &response).await
+}
+
+/// Reads one request line of at most [`MAX_REQUEST_BYTES`] (newline excluded).
+async fn read_request_line(reader: &mut BufReader<OwnedReadHalf>) -> anyhow::Result<RequestLine> {
+    let mut bytes = Vec::new();
+    let read = (&mut *reader).take(MAX_REQUEST_BYTES as u64 + 1).read_until(b'\n', &mut bytes).await?;
+    if read == 0 {
+        return Ok(RequestLine::Closed);
+    }
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+    } else if bytes.len() > MAX_REQUEST_BYTES {
+        return Ok(RequestLine::TooLong);
+    }
+    if bytes.last() == Some(&b'\r') {
+        bytes.pop();
+    }
+    Ok(RequestLine::Line(String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+/// Answers a refused connection without reading its request, and reports it.
+async fn refuse(
+    daemon: &Shared,
+    refusal: Refusal,
+    read_half: OwnedReadHalf,
+    mut write_half: tokio::net::unix::OwnedWriteHalf,
+) -> anyhow::Result<()> {
+    report_refusal(daemon, &refusal);
+    write(&mut write_half, &Response::Error { message: refusal.message }).await?;
+    let _ = write_half.shutdown().await;
+    drain(read_half).await;
+    Ok(())
+}
+
+/// Discards (unparsed) what a refused client sent, up to the request bound
+/// and for a short while, so it can read the answer before the connection closes.
+async fn drain(mut read_half: OwnedReadHalf) {
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut left = MAX_REQUEST_BYTES + 1;
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while left > 0 {
+            match read_half.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(read) => left = left.saturating_sub(read),
+            }
+        }
+    })
+    .await;
+}
+
+/// A refused connection is a `tamper` event (decision `protected`, rule
+/// `rtid/control-socket`), on the event stream and in the audit trail.
+fn report_refusal(daemon: &Shared, refusal: &Refusal) {
+    warn!(caller_pid = refusal.pid, uid = refusal.uid, message = %refusal.message, "refused control connection");
+    let mut guard = daemon.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let daemon = &mut *guard;
+    let start_ns = (refusal.pid != 0).then(|| super::peer::start_time_ns(refusal.pid)).flatten().unwrap_or(0);
+    let mut record = EventRecord {
+        time_boot_ns: crate::loader::boot_time_ns(),
+        pid: refusal.pid,
+        tgid: refusal.pid,
+        parent_tgid: if refusal.pid != 0 { parent_of(refusal.pid).unwrap_or(0) } else { 0 },
+        uid: refusal.uid,
+        process_key: format!("{}:{start_ns}", refusal.pid),
+        identity_id: refusal.identity.as_ref().map_or(0, |(id, _)| *id),
+        identity: refusal.identity.as_ref().map(|(_, name)| name.clone()),
+        verdict: "deny".into(),
+        outcome: "denied".into(),
+        errno: libc::EPERM,
+        decision: rtid_common::DecisionSource::Protected.name().into(),
+        rule_id: Some(rtid_common::protection::name(rtid_common::protection::CONTROL_SOCKET).into()),
+        rule: Some(refusal.message.clone()),
+        path: Some(daemon.options.socket.display().to_string()),
+        ..EventRecord::from_daemon("tamper")
+    };
+    if let Ok(comm) = std::fs::read_to_string(format!("/proc/{}/comm", refusal.pid)) {
+        record.comm = comm.trim_end().to_string();
+    }
+    daemon.enrich(&mut record, &super::streams::WallClock::now());
+    daemon.streams.emit(record);
 }
 
 async fn write(writer: &mut tokio::net::unix::OwnedWriteHalf, response: &Response) -> anyhow::Result<()> {
@@ -95,27 +225,56 @@ async fn write(writer: &mut tokio::net::unix::OwnedWriteHalf, response: &Respons
     Ok(())
 }
 
-/// Root or the admin group may call; a process carrying an identity may not,
-/// whoever it runs as: agents cannot relabel themselves or change policy.
-fn authorize(daemon: &Shared, uid: u32, gid: u32, pid: u32) -> Result<(), String> {
+/// Root or the admin group (primary or supplementary) may call; a process
+/// carrying an identity may not, whoever it runs as: agents cannot relabel
+/// themselves or change policy. Judged on the process that connected (its
+/// pidfd), which must still be running.
+fn authorize(daemon: &Shared, peer: &Peer) -> Result<(), Refusal> {
     let daemon = daemon.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Ok(Some(entry)) = daemon.kernel.process_identity(pid) {
-        let name = daemon.kernel.identity_name(entry.identity).unwrap_or("?").to_string();
-        return Err(format!(
-            "refused: the calling process {pid} carries identity {name}; agents cannot use the control API"
+    let refusal =
+        |message: String, identity: Option<(u32, String)>| Refusal { message, pid: peer.pid, uid: peer.uid, identity };
+    let carried = daemon.kernel.process_identity(peer.pid);
+    // The pid named the peer during the lookup only if the peer still runs after it.
+    if !peer.alive() {
+        return Err(refusal(
+            format!("refused: the process that connected ({}) is gone; its connection is not honoured", peer.pid),
+            None,
         ));
     }
-    if uid == 0 {
+    match carried {
+        Ok(Some(entry)) => {
+            let name = daemon.kernel.identity_name(entry.identity).unwrap_or("?").to_string();
+            return Err(refusal(
+                format!(
+                    "refused: the calling process {} carries identity {name}; agents cannot use the control API",
+                    peer.pid
+                ),
+                Some((entry.identity, name)),
+            ));
+        }
+        Ok(None) => {}
+        // Unknown is not untagged: fail closed.
+        Err(error) => {
+            return Err(refusal(format!("refused: cannot read the caller's identity: {error}"), None));
+        }
+    }
+    if peer.uid == 0 {
         return Ok(());
     }
-    let allowed_gid = daemon.options.admin_group.as_deref().and_then(group_id);
-    if allowed_gid.is_some_and(|allowed| allowed == gid) {
-        return Ok(());
+    if let Some(allowed) = daemon.admin_gid {
+        let groups = peer.groups().map_err(|problem| refusal(format!("refused: {problem}"), None))?;
+        if peer.gid == allowed || groups.contains(&allowed) {
+            return Ok(());
+        }
     }
-    Err(format!("refused: uid {uid} is neither root nor in the admin group"))
+    Err(refusal(format!("refused: uid {} is neither root nor in the admin group", peer.uid), None))
 }
 
-fn group_id(name: &str) -> Option<u32> {
+/// A group's id from /etc/group, or a numeric gid as given.
+pub fn group_id(name: &str) -> Option<u32> {
+    if let Ok(gid) = name.parse() {
+        return Some(gid);
+    }
     let groups = std::fs::read_to_string("/etc/group").ok()?;
     groups.lines().find_map(|line| {
         let mut fields = line.split(':');
@@ -132,6 +291,7 @@ fn change_record(request: &Request, uid: u32, pid: u32) -> Option<serde_json::Va
         | Request::PolicyExplain { .. }
         | Request::Grants
         | Request::Approvals
+        | Request::LaunchPlan { .. }
         | Request::Events { .. } => {
             return None;
         }
@@ -239,6 +399,7 @@ fn dispatch(daemon: &Shared, request: Request, caller_pid: u32) -> Response {
             Err(failure) => error(failure.to_string()),
         },
         Request::Status => status(&daemon),
+        Request::LaunchPlan { identity, delegated_by } => launch_plan(&daemon, &identity, delegated_by.as_deref()),
         Request::Ps => ps(&daemon),
         Request::PolicyApply { documents } => apply(&mut daemon, documents),
         Request::PolicyExplain { identity, action } => explain(&daemon, &identity, &action),
@@ -408,7 +569,33 @@ fn status(daemon: &super::Daemon) -> Response {
         node: daemon.streams.node.clone(),
         sinks: daemon.streams.reports(),
         events_suppressed: daemon.streams.suppressed_total(),
+        integrity: daemon.integrity.clone(),
+        protections: super::protections(daemon),
     }))
+}
+
+/// The hardening for a launch under `identity` (delegated: both identities'
+/// denials, since authority only narrows).
+fn launch_plan(daemon: &super::Daemon, identity: &str, delegated_by: Option<&str>) -> Response {
+    let policy = daemon.kernel.policy();
+    let mut denied = 0u64;
+    let mut guards = 0u32;
+    for name in std::iter::once(identity).chain(delegated_by) {
+        let Some(compiled) = policy.identity(name) else {
+            return Response::Error { message: format!("unknown identity {name:?}") };
+        };
+        denied |= compiled.policy.denied_capabilities;
+        guards |= compiled.policy.guards;
+    }
+    let denied_capabilities = (0..64u32)
+        .filter(|number| denied & (1u64 << number) != 0)
+        .map(|number| rtid_common::capability::name(number).to_string())
+        .collect();
+    Response::LaunchPlan(crate::api::LaunchPlan {
+        daemon_pid: std::process::id(),
+        denied_capabilities,
+        deny_user_namespaces: guards & rtid_common::guard::DENY_USER_NAMESPACES != 0,
+    })
 }
 
 fn ps(daemon: &super::Daemon) -> Response {
