@@ -308,7 +308,11 @@ fn revocation(harness: &mut Harness) {
 }
 
 fn bpf_refused(harness: &mut Harness) {
-    harness.install(vec![IdentitySpec::new("agent")]);
+    // Without a capability ceiling: on 6.1 bpf() checks CAP_BPF before the
+    // `bpf` hook runs, and the ceiling would refuse it first (as a capability).
+    let mut agent = IdentitySpec::new("agent");
+    agent.capabilities = rtid_userspace::policy::CapabilityCeiling { denied: 0, opted_in: 0, user_namespaces: true };
+    harness.install(vec![agent]);
     let run = harness.probe_as("agent", &["bpf"]);
     assert_eq!(run.errno(), Some(EPERM), "{run:?}");
     let event = harness.expect_event("tamper", |e| e.kind == EventKind::Tamper as u8 && e.tgid == run.pid);

@@ -231,7 +231,9 @@ fn boot(arch: Arch, kernel: &Path, initramfs: &Path, extra_cmdline: &str) -> any
 /// Which backend a VM pass proves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Suite {
-    /// BPF LSM active (the kernel's default LSM list includes it): tests/tests/lsm.rs.
+    /// BPF LSM active (the kernel's default LSM list includes it):
+    /// tests/tests/lsm.rs, and the backend-aware suites of rtid's own
+    /// integrity (integrity.rs, hardening.rs, control.rs).
     Lsm,
     /// Booted with BPF LSM left out of `lsm=`: the host's kernel-facing suites,
     /// on the tracepoint and cgroup backends.
@@ -257,10 +259,19 @@ impl Suite {
     /// Integration test targets this pass runs.
     fn targets(self) -> &'static [&'static str] {
         match self {
-            Suite::Lsm => &["lsm"],
+            Suite::Lsm => &LSM_TARGETS,
             Suite::Fallback => &FALLBACK_TARGETS,
         }
     }
+}
+
+/// The LSM-only suite (ignored on the host: it needs BPF LSM) and the suites
+/// that assert the LSM outcome where LSM is active and the fallback's on the host.
+const LSM_TARGETS: [&str; 4] = ["lsm", "integrity", "hardening", "control"];
+
+/// Whether a target's tests are `#[ignore]`d on the host and run here with `--ignored`.
+fn ignored_on_host(target: &str) -> bool {
+    target == "lsm"
 }
 
 /// The host suites that exercise the kernel backends without outside peers
@@ -350,7 +361,7 @@ pub fn run_pass(pass: &VmPass, args: &[String]) -> anyhow::Result<u64> {
         .iter()
         .map(|target| {
             // The LSM suite is #[ignore]d on the host (it needs BPF LSM); here it runs.
-            let ignored = if pass.suite == Suite::Lsm { "--ignored " } else { "" };
+            let ignored = if ignored_on_host(target) { "--ignored " } else { "" };
             format!("/rtid/tests/{target} {ignored}--test-threads=1 --nocapture {}", shell_words(args))
         })
         .collect();

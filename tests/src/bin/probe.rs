@@ -63,6 +63,42 @@ fn sendto(addr: &str) -> std::io::Result<String> {
     socket.send_to(b"rtid-probe", target).map(|n| format!("sent {n}"))
 }
 
+fn control_call(socket: &str, go: &str, line: &str, handoff: bool) -> ! {
+    let mut stream = match UnixStream::connect(socket) {
+        Ok(stream) => stream,
+        Err(error) => report(Err(error)),
+    };
+    if handoff {
+        // SAFETY: this process is single-threaded here; both sides go on with ordinary code.
+        let child = unsafe { libc::fork() };
+        if child < 0 {
+            report(Err(std::io::Error::last_os_error()))
+        }
+        if child > 0 {
+            println!("child {child}");
+            let _ = std::io::stdout().flush();
+            exit(0)
+        }
+    } else {
+        println!("connected {}", std::process::id());
+        let _ = std::io::stdout().flush();
+    }
+    while std::fs::metadata(go).is_err() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let line = line.replace("{pid}", &std::process::id().to_string());
+    let sent = stream.write_all(format!("{line}\n").as_bytes());
+    let mut response = String::new();
+    match sent.and_then(|()| std::io::BufRead::read_line(&mut std::io::BufReader::new(&stream), &mut response)) {
+        Ok(_) => println!("response {}", response.trim_end()),
+        Err(error) => println!("err {}", error.raw_os_error().unwrap_or(-1)),
+    }
+    let _ = std::io::stdout().flush();
+    let mut rest = String::new();
+    let _ = std::io::stdin().read_to_string(&mut rest);
+    exit(0)
+}
+
 fn main() {
     let args: Vec<String> = env::args().skip(1).collect();
     let arg = |index: usize| args.get(index).cloned().unwrap_or_default();
@@ -130,6 +166,13 @@ fn main() {
             let fd = unsafe { libc::syscall(libc::SYS_bpf, 0, attr.as_mut_ptr(), std::mem::size_of_val(&attr)) };
             report(if fd >= 0 { Ok("bpf map created".into()) } else { Err(std::io::Error::last_os_error()) })
         }
+        // control-call SOCKET GO LINE [--handoff]: connects to the daemon's
+        // control socket and prints `connected PID` (with --handoff: forks,
+        // the parent prints `child PID` and exits, leaving the connection to
+        // the child); once the file GO exists, sends LINE ({pid}: the sender's
+        // pid) and prints
+        // `response ...` (or `err ERRNO`); then waits for stdin to close.
+        "control-call" => control_call(&arg(1), &arg(2), &arg(3), arg(4) == "--handoff"),
         // Writes a marker file: proves the binary ran.
         "marker" => report(std::fs::write(arg(1), b"ran\n").map(|_| "marker".into())),
         // Blocks until stdin closes; lets a test label a running process.
@@ -153,9 +196,153 @@ fn main() {
             unsafe { libc::execv(program.as_ptr(), pointers.as_ptr()) };
             report(Err(std::io::Error::last_os_error()))
         }
+        // Attacks on rtid itself and the host (tests/tests/integrity.rs), one call each.
+        "kill" | "ptrace-attach" | "vm-write" | "truncate" | "unlink" | "rename" | "link" | "symlink" | "chmod"
+        | "create" | "raw-socket" | "mount-tmpfs" | "unshare-user" | "unix-connect-in" => {
+            report(integrity::act(arg(0).as_str(), &args[1..]))
+        }
+        // Launch hardening (tests/tests/hardening.rs): one raw call each.
+        "cap-raise" | "clone-newuser" | "clone3" | "pidfd-kill" => report(hardening::act(arg(0).as_str(), &args[1..])),
         other => {
             eprintln!("rtid-probe: unknown action {other:?}");
             exit(2)
+        }
+    }
+}
+
+/// Single syscalls an agent might use against rtid or the host.
+mod integrity {
+    use std::{ffi::CString, io::Result};
+
+    fn c_string(text: &str) -> Result<CString> {
+        CString::new(text).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))
+    }
+
+    fn check(result: libc::c_long, what: &str) -> Result<String> {
+        if result < 0 { Err(std::io::Error::last_os_error()) } else { Ok(what.to_string()) }
+    }
+
+    pub fn act(action: &str, args: &[String]) -> Result<String> {
+        let arg = |index: usize| args.get(index).cloned().unwrap_or_default();
+        let number = |index: usize| arg(index).parse::<i64>().unwrap_or(0);
+        // SAFETY (every call below): arguments are NUL-terminated strings kept
+        // alive across the call, integers, or null pointers the calls accept.
+        unsafe {
+            match action {
+                // kill PID SIGNAL
+                "kill" => check(libc::kill(number(0) as i32, number(1) as i32) as _, "signalled"),
+                // ptrace-attach PID: PTRACE_ATTACH, then detach.
+                "ptrace-attach" => {
+                    let result = libc::ptrace(libc::PTRACE_ATTACH, number(0) as i32, 0, 0);
+                    check(result, "attached")
+                }
+                // vm-write PID: one byte through process_vm_writev at an address
+                // that is never mapped (the access check comes first).
+                "vm-write" => {
+                    let byte = [0u8; 1];
+                    let local = libc::iovec { iov_base: byte.as_ptr() as *mut _, iov_len: 1 };
+                    let remote = libc::iovec { iov_base: 8 as *mut _, iov_len: 1 };
+                    check(libc::process_vm_writev(number(0) as i32, &local, 1, &remote, 1, 0) as _, "written")
+                }
+                "truncate" => check(libc::truncate(c_string(&arg(0))?.as_ptr(), 0) as _, "truncated"),
+                "unlink" => check(libc::unlink(c_string(&arg(0))?.as_ptr()) as _, "unlinked"),
+                "rename" => {
+                    check(libc::rename(c_string(&arg(0))?.as_ptr(), c_string(&arg(1))?.as_ptr()) as _, "renamed")
+                }
+                "link" => check(libc::link(c_string(&arg(0))?.as_ptr(), c_string(&arg(1))?.as_ptr()) as _, "linked"),
+                "symlink" => {
+                    check(libc::symlink(c_string(&arg(0))?.as_ptr(), c_string(&arg(1))?.as_ptr()) as _, "symlinked")
+                }
+                "chmod" => check(libc::chmod(c_string(&arg(0))?.as_ptr(), 0o777) as _, "chmodded"),
+                // create PATH: a new file, O_CREAT|O_EXCL|O_WRONLY.
+                "create" => {
+                    let fd = libc::open(c_string(&arg(0))?.as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o644);
+                    check(fd as _, "created")
+                }
+                // A raw IP socket: needs CAP_NET_RAW.
+                "raw-socket" => check(libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) as _, "raw socket"),
+                // mount-tmpfs DIR: needs CAP_SYS_ADMIN.
+                "mount-tmpfs" => {
+                    let target = c_string(&arg(0))?;
+                    let tmpfs = c_string("tmpfs")?;
+                    check(
+                        libc::mount(tmpfs.as_ptr(), target.as_ptr(), tmpfs.as_ptr(), 0, std::ptr::null()) as _,
+                        "mounted",
+                    )
+                }
+                "unshare-user" => check(libc::unshare(libc::CLONE_NEWUSER) as _, "unshared"),
+                // unix-connect-in DIR NAME: connects to NAME relative to DIR.
+                "unix-connect-in" => {
+                    std::env::set_current_dir(arg(0))?;
+                    std::os::unix::net::UnixStream::connect(arg(1)).map(|_| "connected".into())
+                }
+                _ => Err(std::io::Error::from_raw_os_error(libc::ENOSYS)),
+            }
+        }
+    }
+}
+
+/// Calls `rtid run`'s hardening must refuse, made directly (no libc fallbacks).
+mod hardening {
+    use std::io::{Error, Result};
+
+    fn check(result: libc::c_long, what: &str) -> Result<String> {
+        if result < 0 { Err(Error::last_os_error()) } else { Ok(what.to_string()) }
+    }
+
+    pub fn act(action: &str, args: &[String]) -> Result<String> {
+        let number = |index: usize| args.get(index).and_then(|value| value.parse::<i64>().ok()).unwrap_or(0);
+        // SAFETY (every call below): integer arguments, or pointers to locals
+        // that outlive the call; a child made by clone exits at once.
+        unsafe {
+            match action {
+                // cap-raise N: capget, add capability N to effective and permitted, capset.
+                "cap-raise" => {
+                    let mut header = [0x2008_0522u32, 0];
+                    let mut data = [0u32; 6];
+                    check(libc::syscall(libc::SYS_capget, header.as_mut_ptr(), data.as_mut_ptr()), "capget")?;
+                    let (index, bit) = ((number(0) / 32) as usize * 3, 1u32 << (number(0) % 32));
+                    data[index] |= bit;
+                    data[index + 1] |= bit;
+                    check(libc::syscall(libc::SYS_capset, header.as_mut_ptr(), data.as_ptr()), "raised")
+                }
+                // clone-newuser: the raw clone syscall with CLONE_NEWUSER (fork-like, no stack).
+                "clone-newuser" => {
+                    let flags = (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_ulong;
+                    let pid = libc::syscall(libc::SYS_clone, flags, 0, 0, 0, 0);
+                    if pid == 0 {
+                        libc::_exit(0);
+                    }
+                    if pid > 0 {
+                        libc::waitpid(pid as i32, std::ptr::null_mut(), 0);
+                    }
+                    check(pid, "cloned")
+                }
+                // clone3 with CLONE_NEWUSER.
+                "clone3" => {
+                    let mut clone_args = [0u64; 11];
+                    clone_args[0] = libc::CLONE_NEWUSER as u64;
+                    clone_args[4] = libc::SIGCHLD as u64; // exit_signal
+                    let size = std::mem::size_of_val(&clone_args);
+                    let pid = libc::syscall(libc::SYS_clone3, clone_args.as_mut_ptr(), size);
+                    if pid == 0 {
+                        libc::_exit(0);
+                    }
+                    if pid > 0 {
+                        libc::waitpid(pid as i32, std::ptr::null_mut(), 0);
+                    }
+                    check(pid, "cloned")
+                }
+                // pidfd-kill PID SIGNAL: a pidfd from /proc/PID, then pidfd_send_signal.
+                "pidfd-kill" => {
+                    let path = std::ffi::CString::new(format!("/proc/{}", number(0))).unwrap_or_default();
+                    let fd = libc::open(path.as_ptr(), libc::O_DIRECTORY | libc::O_RDONLY);
+                    check(fd as _, "opened")?;
+                    let sent = libc::syscall(libc::SYS_pidfd_send_signal, fd, number(1) as i32, 0, 0);
+                    check(sent, "signalled")
+                }
+                _ => Err(Error::from_raw_os_error(libc::ENOSYS)),
+            }
         }
     }
 }
