@@ -80,3 +80,31 @@ fn explain_agrees_with_the_kernel() {
         assert_eq!(explained.verdict, kernel_verdict, "{address}:{port}: explain {explained:?} vs {run:?}");
     }
 }
+
+/// rtid's own files: explain names the built-in protection, above every rule,
+/// and the kernel refuses the write it describes (EPERM under BPF LSM, the
+/// writer killed before it writes on the fallback).
+#[test]
+fn explain_names_rtids_protection_of_its_own_files() {
+    use rtid_userspace::loader::ProtectedPath;
+    let dir = TestDir::new("explain-protected");
+    let policy_file = dir.file("etc/rtid/policy.yaml", "original");
+    let mut spec = IdentitySpec::new("coder");
+    spec.files = vec![PathRuleSpec::file("allow-etc", PathPattern::Directory(dir.path("etc/")), Verdict::Allow)];
+    let mut harness = Harness::start(vec![spec]);
+    harness.kernel.set_protected_paths(&[ProtectedPath::directory(dir.path("etc/rtid"))]).expect("protect");
+
+    let write = ExplainAction::Open { path: policy_file.clone(), write: true };
+    let explained = harness.kernel.explain("coder", &write).expect("explain");
+    assert_eq!(explained.verdict, "deny", "{explained:?}");
+    assert_eq!(explained.decided_by, "protected", "{explained:?}");
+    assert_eq!(explained.rule_id.as_deref(), Some("rtid/protected"), "{explained:?}");
+    // Reading is not protected: the identity's own rule decides.
+    let read = ExplainAction::Open { path: policy_file.clone(), write: false };
+    let explained = harness.kernel.explain("coder", &read).expect("explain");
+    assert_eq!((explained.verdict.as_str(), explained.rule_id.as_deref()), ("allow", Some("allow-etc")));
+
+    let run = harness.probe_as("coder", &["open", &policy_file, "--write"]);
+    assert!(run.errno() == Some(libc::EPERM) || run.killed(), "the write explain refuses: {run:?}");
+    assert_eq!(std::fs::read_to_string(&policy_file).unwrap(), "original");
+}

@@ -152,7 +152,10 @@ fn a_file_capability_binary_or_capset_does_not_give_them_back() {
     let mut harness = Harness::start(vec![agent()]);
     let hardening = hardening_for(&harness, "agent", None);
     let with_caps = |name: &str, caps: FileCapabilities| {
-        let binary = dir.path(name);
+        // Named `cat` in a directory of its own: busybox (the VM's /bin/cat)
+        // picks its applet by the name it runs under.
+        std::fs::create_dir_all(dir.path(name)).expect("directory for the copy");
+        let binary = dir.path(&format!("{name}/cat"));
         std::fs::copy("/bin/cat", &binary).expect("copy cat");
         set_file_capabilities(&binary, caps);
         binary

@@ -171,6 +171,12 @@ struct DaemonArgs {
     /// `rtid status` says degraded until whole).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     integrity_interval: std::time::Duration,
+    /// Size of the kernel's process table (identified processes at once).
+    /// When it is full, a child of an identified process is killed rather
+    /// than left untagged. Fixed when the maps are created: pins adopted from
+    /// an earlier daemon keep their size.
+    #[arg(long, default_value_t = rtid_common::limits::MAX_PROCESSES, value_parser = clap::value_parser!(u32).range(16..=4_194_304))]
+    max_processes: u32,
 }
 
 #[derive(Subcommand)]
@@ -339,6 +345,7 @@ fn run_daemon(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<ExitCode> {
         webhook: args.approval_webhook,
         max_grant_ttl: args.max_grant_ttl,
         integrity_interval: args.integrity_interval.max(std::time::Duration::from_millis(100)),
+        max_processes: args.max_processes,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(daemon::run(options))?;

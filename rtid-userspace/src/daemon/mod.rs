@@ -53,6 +53,8 @@ pub struct DaemonOptions {
     pub config_path: Option<PathBuf>,
     /// How often every pinned link is checked (attached, pinned as left).
     pub integrity_interval: std::time::Duration,
+    /// Size of the kernel's process table (`--max-processes`).
+    pub max_processes: u32,
 }
 
 /// What a labeled process was given, for `rtid ps`.
@@ -342,7 +344,11 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
         None => None,
     };
     let policy = read_policy(&options.policy_paths).map_err(|errors| anyhow::anyhow!("policy:\n{errors}"))?;
-    let load = LoadOptions { pin_dir: options.pin_dir.clone(), ..LoadOptions::default() };
+    let load = LoadOptions {
+        pin_dir: options.pin_dir.clone(),
+        max_processes: Some(options.max_processes),
+        ..LoadOptions::default()
+    };
     let mut kernel = RtidKernel::load(&load).context("loading the kernel programs")?;
     let saved = state::load(&options.state_dir);
     if kernel.adopted() {
