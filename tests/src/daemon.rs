@@ -129,6 +129,17 @@ impl Drop for Daemon {
     }
 }
 
+/// An identified caller of the control API was refused: by the kernel at
+/// connect (EPERM under BPF LSM, exit 69; SIGKILL on the fallback) or by the
+/// daemon (exit 1, naming the identity). Never served.
+pub fn refused_to_an_identity(output: &Output) -> bool {
+    let said = text(output);
+    let by_daemon = output.status.code() == Some(1) && said.contains("carries identity");
+    let by_kernel_eperm = output.status.code() == Some(69) && said.contains("Operation not permitted");
+    let by_kernel_kill = output.status.code() == Some(128 + 9);
+    by_daemon || by_kernel_eperm || by_kernel_kill
+}
+
 pub fn text(output: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
 }

@@ -53,9 +53,7 @@ fn agent_denied_apply_live_restart_adopts_pins_and_agents_cannot_use_the_api() {
     // The kernel refuses the connect itself (rule rtid/control-socket): EPERM
     // under BPF LSM, SIGKILL at the connect on the fallback; the daemon never
     // reads a request.
-    let refused_by_kernel = inside.status.code() == Some(128 + 9)
-        || (inside.status.code() == Some(69) && text(&inside).contains("Operation not permitted"));
-    assert!(refused_by_kernel, "an agent is refused at connect: {} ({:?})", text(&inside), inside.status);
+    assert!(refused_to_an_identity(&inside), "an agent is refused at connect: {} ({:?})", text(&inside), inside.status);
 
     // Three errors: all reported with lines; nothing applied.
     let broken = write_policy(

@@ -139,7 +139,7 @@ fn step_up_becomes_a_request_that_an_operator_approves_or_denies() {
         command.push(&socket);
         command.extend(args.iter().copied());
         let inside = daemon.cli(&command);
-        assert!(text(&inside).contains("carries identity coder"), "{args:?}: {}", text(&inside));
+        assert!(refused_to_an_identity(&inside), "{args:?}: {} ({:?})", text(&inside), inside.status);
     }
 
     let posted = hook_rx.recv_timeout(Duration::from_secs(10)).expect("the webhook receives the request");

@@ -26,6 +26,8 @@ const EPERM: i32 = 1;
 const SIGCONT: &str = "18";
 const CAP_NET_RAW: u32 = 13;
 const CAP_SYS_ADMIN: u32 = 21;
+const CAP_SYS_MODULE: u32 = 16;
+const CAP_DAC_READ_SEARCH: u32 = 2;
 
 /// Whether `protection` holds before the effect on this kernel (BPF LSM).
 fn enforced(harness: &Harness, protection: u32) -> bool {
@@ -285,6 +287,35 @@ fn capabilities_above_the_ceiling_and_user_namespaces_are_refused() {
     let event = assert_held(&mut harness, lsm, &run, EventKind::Capability, protection::CAPABILITY);
     assert_eq!(event.detail, CAP_SYS_ADMIN, "{}", describe(&event));
 
+    // A bind mount of a secret over a path the agent may read: the other way
+    // round path rules. Refused, or (fallback) made and undone here.
+    let secret = dir.file("secret", "SECRET");
+    let decoy = dir.file("decoy", "decoy");
+    let run = harness.probe_as("agent", &["bind-mount", &secret, &decoy]);
+    let decoy_path = std::ffi::CString::new(decoy.clone()).expect("path");
+    // SAFETY: a NUL-terminated path; failing (nothing mounted) is fine.
+    let unbound = unsafe { libc::umount2(decoy_path.as_ptr(), libc::MNT_DETACH) } == 0;
+    assert_eq!(unbound, !lsm, "bound only where the call could not be refused");
+    let event = assert_held(&mut harness, lsm, &run, EventKind::Capability, protection::CAPABILITY);
+    assert_eq!(event.detail, CAP_SYS_ADMIN, "{}", describe(&event));
+    assert_eq!(std::fs::read_to_string(&decoy).unwrap(), "decoy");
+
+    for (action, capability) in
+        [("unshare-mount", CAP_SYS_ADMIN), ("open-by-handle", CAP_DAC_READ_SEARCH), ("load-module", CAP_SYS_MODULE)]
+    {
+        let args: Vec<&str> = if action == "open-by-handle" { vec![action, &secret] } else { vec![action] };
+        let run = harness.probe_as("agent", &args);
+        assert!(!run.stdout.contains("SECRET"), "{action}: {run:?}");
+        if action == "load-module" && !Path::new("/proc/modules").exists() {
+            // A kernel built without module support (this host): there is
+            // nothing to load, for anyone. The VM's Debian kernels have it.
+            assert_eq!(run.errno(), Some(libc::ENOSYS), "{run:?}");
+            continue;
+        }
+        let event = assert_held(&mut harness, lsm, &run, EventKind::Capability, protection::CAPABILITY);
+        assert_eq!(event.detail, capability, "{action}: {}", describe(&event));
+    }
+
     let run = harness.probe_as("agent", &["unshare-user"]);
     let event = assert_held(&mut harness, lsm, &run, EventKind::Capability, protection::USER_NAMESPACE);
     assert_eq!(event.detail, CAP_SYS_ADMIN, "{}", describe(&event));
@@ -366,4 +397,93 @@ fn protections_name_each_protection_and_its_backend() {
         assert_eq!(status.level, expected, "{status:?}");
         assert!(!status.detail.is_empty(), "{status:?}");
     }
+}
+
+/// A unix socket listening at `path` for the length of a test: the real
+/// service's if it is there, else one made here (and removed afterwards).
+struct ServiceSocket {
+    path: String,
+    made: Option<UnixListener>,
+}
+
+impl ServiceSocket {
+    fn at(path: &str) -> ServiceSocket {
+        if Path::new(path).exists() {
+            return ServiceSocket { path: path.into(), made: None };
+        }
+        std::fs::create_dir_all(Path::new(path).parent().expect("parent")).expect("socket directory");
+        let listener = UnixListener::bind(path).unwrap_or_else(|error| panic!("listening at {path}: {error}"));
+        ServiceSocket { path: path.into(), made: Some(listener) }
+    }
+}
+
+impl Drop for ServiceSocket {
+    fn drop(&mut self) {
+        if self.made.take().is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// The event of a host-control guard that refused `run`.
+fn guarded_by(harness: &mut Harness, run: &ProbeRun, kind: EventKind, group: &str) {
+    let event = harness.expect_event(group, |e| e.tgid == run.pid && e.kind == kind as u8);
+    let rule = harness.kernel.rule_info(event.rule_id).map(|info| info.id.clone());
+    assert_eq!(rule.as_deref(), Some(format!("rtid/host-control/{group}").as_str()), "{}", describe(&event));
+}
+
+/// The built-in host-control guards: an identity cannot have the service
+/// manager, the scheduler, a container runtime or the kernel's core-dump
+/// helper run something for it, outside its identity.
+#[test]
+fn untagged_deputies_are_out_of_reach() {
+    let mut harness = Harness::start(vec![IdentitySpec::new("agent")]);
+    let lsm_sockets = enforced(&harness, protection::CONTROL_SOCKET);
+    let lsm_files = enforced(&harness, protection::PROTECTED_FILE);
+    let refused = |run: &ProbeRun, lsm: bool, what: &str| {
+        if lsm {
+            assert_eq!(run.errno(), Some(EPERM), "{what}: refused with EPERM: {run:?}");
+        } else {
+            assert!(run.killed(), "{what}: killed before it acts: {run:?}");
+        }
+    };
+
+    // systemctl and systemd-run talk to PID 1 over these.
+    for path in ["/run/systemd/private", "/run/dbus/system_bus_socket"] {
+        let socket = ServiceSocket::at(path);
+        let run = harness.probe_as("agent", &["unix-connect", &socket.path]);
+        refused(&run, lsm_sockets, path);
+        guarded_by(&mut harness, &run, EventKind::Connect, "serviceManager");
+    }
+    let socket = ServiceSocket::at("/run/containerd/containerd.sock");
+    let run = harness.probe_as("agent", &["unix-connect", &socket.path]);
+    refused(&run, lsm_sockets, "containerd");
+    guarded_by(&mut harness, &run, EventKind::Connect, "containerRuntime");
+
+    // An at job: a new file in the spool. The open is refused (or its caller
+    // killed) after O_CREAT made the name, so at most an empty file remains.
+    std::fs::create_dir_all("/var/spool/cron/atjobs").expect("at spool");
+    let job = format!("/var/spool/cron/atjobs/a{:05}rtid-test", std::process::id() % 100_000);
+    let run = harness.probe_as("agent", &["create", &job]);
+    refused(&run, lsm_files, "at job");
+    guarded_by(&mut harness, &run, EventKind::FileOpen, "scheduler");
+    match std::fs::read(&job) {
+        Ok(content) => {
+            assert!(content.is_empty(), "the job holds nothing: {content:?}");
+            std::fs::remove_file(&job).expect("remove the empty job");
+        }
+        Err(error) => assert_eq!(error.kind(), std::io::ErrorKind::NotFound),
+    }
+
+    // The core-dump helper runs as root, outside any identity.
+    let core_pattern = "/proc/sys/kernel/core_pattern";
+    let before = std::fs::read_to_string(core_pattern).expect("core_pattern");
+    let run = harness.probe_as("agent", &["open", core_pattern, "--write"]);
+    let after = std::fs::read_to_string(core_pattern).expect("core_pattern");
+    if after != before {
+        std::fs::write(core_pattern, before.trim_end()).expect("restore core_pattern");
+    }
+    assert_eq!(after, before, "core_pattern unchanged");
+    refused(&run, lsm_files, "core_pattern");
+    guarded_by(&mut harness, &run, EventKind::FileOpen, "kernelTunables");
 }

@@ -177,6 +177,12 @@ pub struct StatusReport {
     pub sinks: Vec<crate::events::pipeline::SinkReport>,
     #[serde(default)]
     pub events_suppressed: u64,
+    /// Children of identified processes killed because the process table was full.
+    #[serde(default)]
+    pub untaggable_killed: u64,
+    /// Attempts on the monitor's integrity the kernel refused or punished.
+    #[serde(default)]
+    pub protection_refusals: u64,
     /// Whether every program is attached and pinned as the daemon left it.
     #[serde(default)]
     pub integrity: IntegrityReport,

@@ -40,6 +40,8 @@ pub fn print(response: &Response, json: bool) -> ExitCode {
                 ("ring-full drops", status.ring_full_drops.to_string()),
                 ("hook errors", status.hook_errors.to_string()),
                 ("events suppressed (cap)", status.events_suppressed.to_string()),
+                ("protection refusals", status.protection_refusals.to_string()),
+                ("untaggable children killed", status.untaggable_killed.to_string()),
                 ("integrity", integrity(&status.integrity)),
                 ("node", status.node.clone()),
                 ("uptime", format!("{}s", status.uptime_seconds)),

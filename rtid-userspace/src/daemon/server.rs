@@ -569,6 +569,8 @@ fn status(daemon: &super::Daemon) -> Response {
         node: daemon.streams.node.clone(),
         sinks: daemon.streams.reports(),
         events_suppressed: daemon.streams.suppressed_total(),
+        untaggable_killed: counters.untaggable_killed,
+        protection_refusals: counters.tamper,
         integrity: daemon.integrity.clone(),
         protections: super::protections(daemon),
     }))

@@ -89,7 +89,7 @@ fn is_finding(record: &EventRecord) -> bool {
     record.verdict == "flag"
         || record.outcome == "flagged_instead"
         || has_flag(record, "quarantine_tripped")
-        || matches!(record.kind.as_str(), "tamper" | "suppressed")
+        || matches!(record.kind.as_str(), "tamper" | "suppressed" | "capability" | "file_change" | "integrity")
 }
 
 fn has_flag(record: &EventRecord, flag: &str) -> bool {
@@ -539,7 +539,10 @@ fn what(record: &EventRecord) -> String {
         "exec" => format!("exec of {path}"),
         "process_start" => format!("start of child {}", record.related_tgid.unwrap_or(0)),
         "exit" => "exit".to_string(),
-        "tamper" => "bpf() call".to_string(),
+        "tamper" => format!("{} ({})", record.rule_id.as_deref().unwrap_or("rtid"), record.comm),
+        "capability" => format!("use of {}", record.capability.as_deref().unwrap_or("a capability")),
+        "file_change" => format!("{} of {path}", record.change.as_deref().unwrap_or("change")),
+        "integrity" => "enforcement whole again".to_string(),
         other => other.to_string(),
     }
 }

@@ -198,7 +198,8 @@ fn main() {
         }
         // Attacks on rtid itself and the host (tests/tests/integrity.rs), one call each.
         "kill" | "ptrace-attach" | "vm-write" | "truncate" | "unlink" | "rename" | "link" | "symlink" | "chmod"
-        | "create" | "raw-socket" | "mount-tmpfs" | "unshare-user" | "unix-connect-in" => {
+        | "create" | "raw-socket" | "mount-tmpfs" | "bind-mount" | "unshare-mount" | "unshare-user"
+        | "open-by-handle" | "load-module" | "unix-connect-in" => {
             report(integrity::act(arg(0).as_str(), &args[1..]))
         }
         // Launch hardening (tests/tests/hardening.rs): one raw call each.
@@ -270,7 +271,47 @@ mod integrity {
                         "mounted",
                     )
                 }
+                // bind-mount SOURCE TARGET: MS_BIND, needs CAP_SYS_ADMIN.
+                "bind-mount" => {
+                    let (source, target) = (c_string(&arg(0))?, c_string(&arg(1))?);
+                    let flags = libc::MS_BIND;
+                    check(libc::mount(source.as_ptr(), target.as_ptr(), std::ptr::null(), flags, std::ptr::null()) as _, "bound")
+                }
+                "unshare-mount" => check(libc::unshare(libc::CLONE_NEWNS) as _, "unshared"),
                 "unshare-user" => check(libc::unshare(libc::CLONE_NEWUSER) as _, "unshared"),
+                // open-by-handle PATH: name_to_handle_at, then open_by_handle_at
+                // (needs CAP_DAC_READ_SEARCH), read-only.
+                "open-by-handle" => {
+                    #[repr(C)]
+                    struct FileHandle {
+                        bytes: u32,
+                        kind: i32,
+                        handle: [u8; 128],
+                    }
+                    let mut handle = FileHandle { bytes: 128, kind: 0, handle: [0; 128] };
+                    let mut mount_id = 0i32;
+                    let path = c_string(&arg(0))?;
+                    let named = libc::syscall(
+                        libc::SYS_name_to_handle_at,
+                        libc::AT_FDCWD,
+                        path.as_ptr(),
+                        &mut handle as *mut FileHandle,
+                        &mut mount_id as *mut i32,
+                        0,
+                    );
+                    check(named, "named")?;
+                    let mount = libc::open(c"/".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+                    check(mount as _, "mount fd")?;
+                    let fd = libc::syscall(libc::SYS_open_by_handle_at, mount, &mut handle as *mut FileHandle, libc::O_RDONLY);
+                    check(fd, "opened by handle")
+                }
+                // load-module: finit_module on an empty file (needs CAP_SYS_MODULE;
+                // with it, the kernel would refuse the empty image with ENOEXEC).
+                "load-module" => {
+                    let empty = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+                    check(empty as _, "opened")?;
+                    check(libc::syscall(libc::SYS_finit_module, empty, c"".as_ptr(), 0), "loaded")
+                }
                 // unix-connect-in DIR NAME: connects to NAME relative to DIR.
                 "unix-connect-in" => {
                     std::env::set_current_dir(arg(0))?;
