@@ -26,6 +26,9 @@ pub enum EventKind {
     /// A change to a path other than an open: unlink, rename, link, truncate,
     /// chmod, chown (`detail`: `file_change::*`).
     FileChange = 10,
+    /// Creation of a socket of a kind the identity may not create
+    /// (`detail`: `socket_detail`, family, type and protocol).
+    Socket = 11,
 }
 
 impl EventKind {
@@ -41,6 +44,7 @@ impl EventKind {
             8 => EventKind::Tamper,
             9 => EventKind::Capability,
             10 => EventKind::FileChange,
+            11 => EventKind::Socket,
             _ => return None,
         })
     }
@@ -57,13 +61,14 @@ impl EventKind {
             EventKind::Tamper => "tamper",
             EventKind::Capability => "capability",
             EventKind::FileChange => "file_change",
+            EventKind::Socket => "socket",
         }
     }
 }
 
 /// Bits of `Event::flags`.
 pub mod event_flags {
-    /// The path was longer than the kernel walk could resolve; `path` holds its tail.
+    /// The path is longer than the event holds: `path` holds its tail.
     pub const PATH_TRUNCATED: u16 = 1 << 0;
     /// The identity is in audit mode.
     pub const AUDIT_MODE: u16 = 1 << 1;
@@ -73,6 +78,24 @@ pub mod event_flags {
     pub const BACKEND_FALLBACK: u16 = 1 << 3;
     /// This refusal tripped the identity's quarantine: the kernel revoked it (or killed the actor).
     pub const QUARANTINE_TRIPPED: u16 = 1 << 4;
+    /// The path could not be resolved to the root (too deep or long,
+    /// disconnected, or in a detached or bind-rooted tree): judged by the
+    /// identity's `unresolvedPath` verdict, never by its resolved tail.
+    pub const PATH_UNRESOLVED: u16 = 1 << 5;
+    /// The destination was a wildcard address (0.0.0.0 or ::), judged as loopback.
+    pub const WILDCARD_AS_LOOPBACK: u16 = 1 << 6;
+}
+
+/// `Event::detail` of a `Socket` event: family, type and protocol of the socket asked for.
+pub mod socket_detail {
+    pub const fn pack(family: u32, socket_type: u32, protocol: u32) -> u32 {
+        (family & 0xff) << 24 | (socket_type & 0xff) << 16 | (protocol & 0xffff)
+    }
+
+    /// (family, type, protocol).
+    pub const fn unpack(detail: u32) -> (u32, u32, u32) {
+        (detail >> 24, (detail >> 16) & 0xff, detail & 0xffff)
+    }
 }
 
 /// What a `FileChange` event did to its path (`Event::detail`).

@@ -73,18 +73,41 @@ pub struct IdentityPolicy {
     pub on_expiry: u8,
     /// What a file `deny` becomes on a backend that cannot refuse opens (Kill or Flag).
     pub file_deny_fallback: u8,
-    pub _pad: u8,
+    /// Verdict for a file or exec whose path cannot be resolved to the root:
+    /// deeper or longer than the kernel walk, a disconnected dentry (a file
+    /// handle), or a tree whose top is not a filesystem's root (a detached or
+    /// bind-rooted tree). Never judged on the part that was resolved.
+    pub unresolved_path: u8,
     /// `guard::*` bits: built-in refusals this identity has.
     pub guards: u32,
     /// Bit mask of capability numbers (`capability::NAMES`) the identity may
     /// not use, whatever its credentials hold: its capability ceiling.
     pub denied_capabilities: u64,
+    /// Verdict for executing a file that has no name in any filesystem
+    /// (a memfd, or another kernel-internal file).
+    pub anonymous_exec: u8,
+    pub _pad: [u8; 7],
 }
 
 /// Bits of `IdentityPolicy::guards`.
 pub mod guard {
     /// Creating user namespaces is refused.
     pub const DENY_USER_NAMESPACES: u32 = 1 << 0;
+    /// Socket creation refused by kind (`network.sockets`): raw IP sockets,
+    pub const DENY_RAW_SOCKETS: u32 = 1 << 1;
+    /// packet sockets (AF_PACKET),
+    pub const DENY_PACKET_SOCKETS: u32 = 1 << 2;
+    /// netlink other than the routing family,
+    pub const DENY_NETLINK_SOCKETS: u32 = 1 << 3;
+    /// vsock (AF_VSOCK),
+    pub const DENY_VSOCK_SOCKETS: u32 = 1 << 4;
+    /// and every other family or protocol (not TCP, UDP, unix or the above).
+    pub const DENY_OTHER_SOCKETS: u32 = 1 << 5;
+    pub const DENY_SOCKETS: u32 = DENY_RAW_SOCKETS
+        | DENY_PACKET_SOCKETS
+        | DENY_NETLINK_SOCKETS
+        | DENY_VSOCK_SOCKETS
+        | DENY_OTHER_SOCKETS;
 }
 
 /// Value of `IDENTITY_STATUS`, keyed by identity id. Kept apart from the

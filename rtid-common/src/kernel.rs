@@ -31,6 +31,8 @@ pub struct KernelOffsets {
     pub mount_mnt: u32,
     pub mount_mnt_parent: u32,
     pub mount_mnt_mountpoint: u32,
+    /// `struct mount::mnt_ns`: `MNT_NS_INTERNAL` for kernel-internal mounts.
+    pub mount_mnt_ns: u32,
     pub binprm_file: u32,
     pub socket_type: u32,
     pub msghdr_msg_name: u32,
@@ -88,6 +90,8 @@ pub mod lsm_hook_arguments {
     pub const PATH_SYMLINK: u32 = 3;
     /// `unix_stream_connect(struct sock *sock, struct sock *other, struct sock *newsk)`.
     pub const UNIX_STREAM_CONNECT: u32 = 3;
+    /// `socket_create(int family, int type, int protocol, int kern)`.
+    pub const SOCKET_CREATE: u32 = 4;
 }
 
 /// `fmode_t` bits read from `struct file::f_mode` (include/linux/fs.h; stable ABI of the VFS).
@@ -103,8 +107,9 @@ pub mod counter {
     pub const RING_FULL: u32 = 0;
     /// Hook runs that failed to read kernel memory or a map (judged by default).
     pub const HOOK_ERROR: u32 = 1;
-    /// Paths longer than the walk depth or buffer: judged on what was resolved.
-    pub const PATH_TRUNCATED: u32 = 2;
+    /// Paths of tagged processes that could not be resolved to the root
+    /// (judged by the identity's `unresolvedPath` verdict).
+    pub const PATH_UNRESOLVED: u32 = 2;
     /// Process table full: a child of a tagged process could not be tagged and was killed.
     pub const PROCESS_TABLE_FULL: u32 = 3;
     /// Actions judged (tagged processes only).

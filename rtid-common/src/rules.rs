@@ -17,6 +17,10 @@ use crate::verdict::Verdict;
 pub const PATH_KEY_BYTES: usize = 252;
 /// Candidate rules stored with one trie entry (its own and the ones it inherits).
 pub const RULES_PER_ENTRY: usize = 16;
+/// Added to the match length of rules that decide by precedence rather than
+/// by strictness: exact-path rules, grants, delegators' restrictions and
+/// built-in guards (which add larger ranks on top). Longer than any path.
+pub const DECISIVE_RANK: u16 = 0x0800;
 /// Bits of an LPM key before the path or address: the ruleset id.
 pub const RULESET_PREFIX_BITS: u32 = 32;
 
@@ -180,13 +184,27 @@ pub fn select_net_rule(list: &NetRuleList, port: u16, protocol_bit: u8, now_ns: 
     found.then(|| RuleMatch { rule_id, match_len: prefix_len as u16, verdict: Verdict::from_u8(verdict) })
 }
 
-/// Of the winners from the prefix and the suffix trie, the one that decides.
+/// Of the winners from the prefix trie (exact paths and directories) and the
+/// suffix trie (names and suffixes), the one that decides. A name or suffix
+/// rule never relaxes a directory rule: between the two the stricter verdict
+/// wins (the longer match at equal verdicts), so `deny ~/.aws/` with `flag
+/// credentials` still refuses `~/.aws/credentials`, and `deny *.pem` holds
+/// inside an allowed project directory. Only rules ranked decisive (an exact
+/// path, a grant, a delegator's restriction, a guard) win by rank.
 #[inline(always)]
-pub fn stronger_match(a: Option<RuleMatch>, b: Option<RuleMatch>) -> Option<RuleMatch> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(if b.beats(&a) { b } else { a }),
-        (Some(a), None) => Some(a),
-        (None, b) => b,
+pub fn stronger_match(prefix: Option<RuleMatch>, suffix: Option<RuleMatch>) -> Option<RuleMatch> {
+    match (prefix, suffix) {
+        (Some(prefix), Some(suffix)) => {
+            let suffix_wins = if prefix.match_len >= DECISIVE_RANK || suffix.match_len >= DECISIVE_RANK {
+                suffix.beats(&prefix)
+            } else {
+                suffix.verdict > prefix.verdict
+                    || (suffix.verdict == prefix.verdict && suffix.match_len > prefix.match_len)
+            };
+            Some(if suffix_wins { suffix } else { prefix })
+        }
+        (Some(prefix), None) => Some(prefix),
+        (None, suffix) => suffix,
     }
 }
 

@@ -106,6 +106,12 @@ pub enum DecisionSource {
     /// One of rtid's built-in protections of itself and the host decided;
     /// `rule_id` is the `protection::*` id.
     Protected = 5,
+    /// The path could not be resolved to the root; the identity's
+    /// `unresolvedPath` verdict applied.
+    UnresolvedPath = 6,
+    /// An exec of a file with no name in any filesystem (memfd); the
+    /// identity's `anonymousExec` verdict applied.
+    AnonymousExec = 7,
 }
 
 impl DecisionSource {
@@ -116,6 +122,8 @@ impl DecisionSource {
             2 => DecisionSource::IdentityExpired,
             3 => DecisionSource::IdentityRevoked,
             5 => DecisionSource::Protected,
+            6 => DecisionSource::UnresolvedPath,
+            7 => DecisionSource::AnonymousExec,
             _ => DecisionSource::Lifecycle,
         }
     }
@@ -128,6 +136,8 @@ impl DecisionSource {
             DecisionSource::IdentityRevoked => "identity_revoked",
             DecisionSource::Lifecycle => "lifecycle",
             DecisionSource::Protected => "protected",
+            DecisionSource::UnresolvedPath => "unresolved_path",
+            DecisionSource::AnonymousExec => "anonymous_exec",
         }
     }
 }
@@ -153,6 +163,8 @@ pub mod protection {
     pub const CAPACITY: u32 = 8;
     /// Enforcement found detached or unpinned (raised by userspace).
     pub const DETACHED: u32 = 9;
+    /// A socket of a kind the identity's `sockets` policy does not allow.
+    pub const SOCKET_KIND: u32 = 10;
 
     /// The name events, `policy explain` and `status` use.
     pub const fn name(id: u32) -> &'static str {
@@ -166,6 +178,7 @@ pub mod protection {
             USER_NAMESPACE => "rtid/user-namespace",
             CAPACITY => "rtid/capacity",
             DETACHED => "rtid/detached",
+            SOCKET_KIND => "rtid/socket-kind",
             _ => "rtid/unknown",
         }
     }

@@ -54,7 +54,7 @@ const AF_PACKET: i64 = 17;
 const SOCK_RAW: i64 = 3;
 /// `sys_enter_*` record layout: the syscall number after the 8-byte header, then the arguments.
 const SYS_ENTER_NR: usize = 8;
-const SYS_ENTER_ARG: [usize; 2] = [16, 24];
+const SYS_ENTER_ARG: [usize; 3] = [16, 24, 32];
 
 /// What the ceiling says about `process` using `capability` (or creating a
 /// user namespace, with `protection::USER_NAMESPACE`): `None` when allowed.
@@ -176,6 +176,16 @@ pub fn sys_enter_privileged(ctx: TracePointContext) -> u32 {
         privileged_check::RAW_SOCKET => {
             // SAFETY: as above.
             let socket_type: i64 = unsafe { ctx.read_at(SYS_ENTER_ARG[1]) }.unwrap_or(0);
+            // SAFETY: as above.
+            let protocol: i64 = unsafe { ctx.read_at(SYS_ENTER_ARG[2]) }.unwrap_or(0);
+            // The identity's socket kinds first: they hold whatever its capabilities.
+            let judged =
+                crate::socket::judge_socket(&process, first as u32, socket_type as u32, protocol as u32, Backend::Tracepoint);
+            if judged.is_some_and(|enforcement| enforcement.kill) {
+                // SAFETY: signals the current task; no memory is involved.
+                unsafe { bpf_send_signal(SIGKILL) };
+                return 0;
+            }
             if first as i64 != AF_PACKET && socket_type & 0xf != SOCK_RAW {
                 return 0;
             }

@@ -241,7 +241,7 @@ fn kill_if_protected_string(ctx: &TracePointContext, arg: usize) {
     if copied < 2 || scratch.buf[0] != b'/' {
         return;
     }
-    let resolved = ResolvedPath { start: 0, len: (copied as usize - 1) & 0xff, truncated: false };
+    let resolved = ResolvedPath { start: 0, len: (copied as usize - 1) & 0xff, unresolved: false, anonymous: false };
     if let Some(protection) = protected_path(scratch, &resolved) {
         // SAFETY: signals the current task; no memory is involved.
         unsafe { bpf_send_signal(SIGKILL) };

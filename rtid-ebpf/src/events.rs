@@ -129,8 +129,11 @@ pub fn emit(facts: &EventFacts, decision: &Decision, enforcement: &Enforcement, 
                     scratch.buf.as_ptr().add(resolved.start & 4095) as *const _,
                 );
                 (*event).path_len = size as u16;
-                if resolved.truncated || resolved.len > EVENT_PATH_BYTES {
+                if resolved.len > EVENT_PATH_BYTES {
                     (*event).flags |= rtid_common::event_flags::PATH_TRUNCATED;
+                }
+                if resolved.unresolved {
+                    (*event).flags |= rtid_common::event_flags::PATH_UNRESOLVED;
                 }
             }
             EventObject::UnixPath(scratch, len) => {

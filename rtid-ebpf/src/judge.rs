@@ -42,9 +42,11 @@ const MISSING_POLICY: IdentityPolicy = IdentityPolicy {
     default_exec: Verdict::Deny as u8,
     on_expiry: Verdict::Deny as u8,
     file_deny_fallback: Verdict::Kill as u8,
-    _pad: 0,
-    guards: rtid_common::guard::DENY_USER_NAMESPACES,
+    unresolved_path: Verdict::Deny as u8,
+    guards: rtid_common::guard::DENY_USER_NAMESPACES | rtid_common::guard::DENY_SOCKETS,
     denied_capabilities: u64::MAX,
+    anonymous_exec: Verdict::Deny as u8,
+    _pad: [0; 7],
 };
 
 #[inline(always)]
@@ -207,6 +209,16 @@ pub fn decide_path_action(
 ) -> Decision {
     settle_action(match status_override(process.identity, active) {
         Some(decision) => decision,
+        // Never judged on the tail that was resolved: that could be any name.
+        None if resolved.unresolved => {
+            crate::maps::count(rtid_common::counter::PATH_UNRESOLVED);
+            let verdict = Verdict::from_u8(active.policy.unresolved_path);
+            Decision { verdict, source: DecisionSource::UnresolvedPath, rule_id: 0 }
+        }
+        None if resolved.anonymous && requested & access::EXEC != 0 => {
+            let verdict = Verdict::from_u8(active.policy.anonymous_exec);
+            Decision { verdict, source: DecisionSource::AnonymousExec, rule_id: 0 }
+        }
         None => {
             build_keys(scratch, resolved, active.policy.ruleset);
             judge_path(&scratch.prefix_key, &scratch.suffix_key, requested, default, active.now_ns)

@@ -27,6 +27,9 @@ use crate::{
 
 const SOCK_STREAM: u16 = 1;
 const SOCK_DGRAM: u16 = 2;
+const AF_UNSPEC: u16 = 0;
+/// `sizeof(struct sockaddr_in)`.
+const SOCKADDR_IN_BYTES: i32 = 16;
 
 /// What an LSM hook returns for an enforcement: 0 lets the call proceed.
 /// Since 6.12 the verifier proves an LSM program returns 0 or an errno in
@@ -130,6 +133,13 @@ fn judge_sockaddr(
 ) -> Result<Enforcement, ReadError> {
     let family: u16 = read_at(address, 0)?;
     let allowed = Enforcement { outcome: Outcome::Allowed, errno: 0, kill: false, flags: 0 };
+    // udp_sendmsg sends to an AF_UNSPEC address as IPv4 (and an IPv6
+    // socket ignores it): judged as the IPv4 address it is used as.
+    let family = if family == AF_UNSPEC && kind == EventKind::Send && length >= SOCKADDR_IN_BYTES {
+        AF_INET
+    } else {
+        family
+    };
     match family {
         AF_INET | AF_INET6 => {
             let socket_type: u16 = read_at(socket, offset!(socket_type))?;

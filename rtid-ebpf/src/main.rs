@@ -16,6 +16,7 @@ mod maps;
 mod net;
 mod path;
 mod protect;
+mod socket;
 mod task;
 
 #[cfg(not(test))]

@@ -140,6 +140,7 @@ pub static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     mount_mnt: 0,
     mount_mnt_parent: 0,
     mount_mnt_mountpoint: 0,
+    mount_mnt_ns: 0,
     binprm_file: 0,
     socket_type: 0,
     msghdr_msg_name: 0,

@@ -35,8 +35,18 @@ pub struct PathScratch {
 pub struct ResolvedPath {
     pub start: usize,
     pub len: usize,
-    pub truncated: bool,
+    /// The walk did not reach a root: the path is deeper or longer than the
+    /// walk, its dentry is disconnected (opened by file handle), or its tree's
+    /// top is not a filesystem's root (a detached or bind-rooted tree). What
+    /// was resolved is only a tail and must not be judged as the path.
+    pub unresolved: bool,
+    /// The file lives on a kernel-internal mount (memfd, pipe, socket): it has
+    /// no name in any filesystem tree.
+    pub anonymous: bool,
 }
+
+/// `MNT_NS_INTERNAL` (fs/mount.h): the namespace of kernel-internal mounts.
+const MNT_NS_INTERNAL: u64 = -22i64 as u64;
 
 #[inline(always)]
 pub fn scratch() -> Option<&'static mut PathScratch> {
@@ -58,6 +68,7 @@ pub fn resolve(scratch: &mut PathScratch, vfsmount: KernelPtr, dentry: KernelPtr
     let mut mnt_root = read_ptr(vfsmount, offset!(vfsmount_mnt_root))?;
     let mut position = HALF;
     let mut reached_root = false;
+    let mut anonymous = false;
 
     for _ in 0..MAX_WALK_STEPS {
         // Through memory each step: otherwise every step doubles the states
@@ -69,10 +80,22 @@ pub fn resolve(scratch: &mut PathScratch, vfsmount: KernelPtr, dentry: KernelPtr
         }
         let parent = read_ptr(dentry, offset!(dentry_d_parent))?;
         if dentry == mnt_root || dentry == parent {
+            if dentry != mnt_root {
+                // A root dentry that is not its mount's root: a pseudo file of
+                // a kernel-internal mount (no name anywhere), or a dentry
+                // disconnected from its tree (a file handle): unresolved.
+                anonymous = read_ptr(mount, offset!(mount_mnt_ns))? as u64 == MNT_NS_INTERNAL;
+                reached_root = anonymous;
+                break;
+            }
             // At the root of this mount: continue from where it is mounted.
             let parent_mount = read_ptr(mount, offset!(mount_mnt_parent))?;
             if parent_mount == mount {
-                reached_root = true;
+                // The top of the tree is a root only if it shows a whole
+                // filesystem: a detached tree (open_tree) or a root pivoted
+                // onto a bind mount of a subdirectory stops the walk inside one.
+                reached_root = parent == dentry;
+                anonymous = read_ptr(mount, offset!(mount_mnt_ns))? as u64 == MNT_NS_INTERNAL;
                 break;
             }
             dentry = read_ptr(mount, offset!(mount_mnt_mountpoint))?;
@@ -109,7 +132,7 @@ pub fn resolve(scratch: &mut PathScratch, vfsmount: KernelPtr, dentry: KernelPtr
         position -= 1;
         scratch.buf[position] = b'/';
     }
-    Ok(settle(scratch, position, !reached_root))
+    Ok(settle(scratch, position, !reached_root, anonymous))
 }
 
 /// `value`, passed through map memory so the compiler cannot reason about
@@ -140,15 +163,15 @@ pub fn opaque_u64(scratch: &mut PathScratch, value: u64) -> u64 {
 /// verified once per exit. Passing the result through map memory turns it
 /// into one unknown value, re-bounded here, so the rest is verified once.
 #[inline(always)]
-fn settle(scratch: &mut PathScratch, position: usize, truncated: bool) -> ResolvedPath {
+fn settle(scratch: &mut PathScratch, position: usize, unresolved: bool, anonymous: bool) -> ResolvedPath {
     scratch.settled[0] = position as u32;
-    scratch.settled[1] = truncated as u32;
+    scratch.settled[1] = unresolved as u32 | (anonymous as u32) << 1;
     // SAFETY: volatile reads of a field we own through the per-CPU slot.
-    let (position, truncated) = unsafe {
+    let (position, state) = unsafe {
         (core::ptr::read_volatile(&scratch.settled[0]) as usize, core::ptr::read_volatile(&scratch.settled[1]))
     };
     let start = if position >= HALF { HALF - 1 } else { position };
-    ResolvedPath { start, len: HALF - start, truncated: truncated != 0 }
+    ResolvedPath { start, len: HALF - start, unresolved: state & 1 != 0, anonymous: state & 2 != 0 }
 }
 
 /// Fills `scratch.prefix_key` (the path forward) and `scratch.suffix_key` (the

@@ -28,6 +28,8 @@ pub struct MetricsSnapshot {
     pub kernel_ring_drops: u64,
     /// Hook runs that failed to read kernel memory or a map.
     pub hook_errors: u64,
+    /// Paths of identities that could not be resolved to the root.
+    pub paths_unresolved: u64,
     pub actions_judged: u64,
     pub sinks: Vec<SinkReport>,
     /// Map name, entries in use, capacity.
@@ -91,6 +93,11 @@ fn register_kernel(registry: &mut Registry, snapshot: &MetricsSnapshot) {
         "hook_errors",
         "Hook runs that failed to read kernel memory or a map",
         counter(snapshot.hook_errors),
+    );
+    registry.register(
+        "paths_unresolved",
+        "File and exec paths of identities that could not be resolved to the root (judged by unresolvedPath)",
+        counter(snapshot.paths_unresolved),
     );
 }
 
@@ -181,6 +188,7 @@ mod tests {
             events: vec![(("file".into(), "deny".into()), 7), (("connect".into(), "allow".into()), 3)],
             kernel_ring_drops: 4,
             hook_errors: 1,
+            paths_unresolved: 6,
             actions_judged: 1000,
             sinks: vec![sink("stdout", "json"), sink("file:/var/log/rtid/events.jsonl", "ocsf"), sink("http", "json")],
             map_fill: vec![("IDENTITIES".into(), 12, 4096), ("RULES".into(), 40, 65536)],
@@ -206,6 +214,7 @@ mod tests {
             (r#"rtid_events_total{kind="connect",verdict="allow"}"#, "3"),
             ("rtid_kernel_ring_drops_total", "4"),
             ("rtid_hook_errors_total", "1"),
+            ("rtid_paths_unresolved_total", "6"),
             ("rtid_actions_judged_total", "1000"),
             (r#"rtid_sink_delivered_total{sink="stdout",format="json"}"#, "10"),
             (r#"rtid_sink_dropped_total{sink="file:/var/log/rtid/events.jsonl",format="ocsf"}"#, "2"),

@@ -16,7 +16,7 @@ use std::{
 
 use rtid_common::{Event, EventKind};
 pub use rtid_userspace::policy::{
-    AuditLevel, Defaults, IdentitySpec, Mode, NetRuleSpec, NetTarget, PathPattern, PathRuleSpec,
+    AuditLevel, Defaults, IdentitySpec, Mode, NetRuleSpec, NetTarget, PathPattern, PathRuleSpec, SocketKind,
 };
 use rtid_userspace::{
     events::EventReader,

@@ -162,6 +162,9 @@ pub struct StatusReport {
     pub labeled_processes: usize,
     pub ring_full_drops: u64,
     pub hook_errors: u64,
+    /// File and exec paths of identities that could not be resolved to the root.
+    #[serde(default)]
+    pub paths_unresolved: u64,
     pub actions_judged: u64,
     pub events_seen: u64,
     /// Events per second since the daemon started.
@@ -239,6 +242,20 @@ pub struct Explanation {
     pub decided_by: String,
     pub rule_id: Option<String>,
     pub rule: Option<String>,
+    /// Every rule that matches the action, the winner first, each with why
+    /// it won or lost (path actions).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<RuleCandidate>,
+}
+
+/// One rule that matched an explained action.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RuleCandidate {
+    pub rule_id: String,
+    pub rule: String,
+    pub verdict: String,
+    pub won: bool,
+    pub why: String,
 }
 
 #[derive(Debug, thiserror::Error)]

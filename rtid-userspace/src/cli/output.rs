@@ -39,6 +39,7 @@ pub fn print(response: &Response, json: bool) -> ExitCode {
                 ("events per second", format!("{:.1}", status.events_per_second)),
                 ("ring-full drops", status.ring_full_drops.to_string()),
                 ("hook errors", status.hook_errors.to_string()),
+                ("unresolved paths", status.paths_unresolved.to_string()),
                 ("events suppressed (cap)", status.events_suppressed.to_string()),
                 ("protection refusals", status.protection_refusals.to_string()),
                 ("untaggable children killed", status.untaggable_killed.to_string()),
@@ -115,6 +116,13 @@ pub fn print(response: &Response, json: bool) -> ExitCode {
                 print!(" {id}: {rule}");
             }
             println!(")");
+            for candidate in &explanation.matches {
+                let mark = if candidate.won { "wins" } else { "loses" };
+                println!(
+                    "  {mark}: {} ({}): {}: {}",
+                    candidate.rule_id, candidate.verdict, candidate.rule, candidate.why
+                );
+            }
         }
         Response::Grants { grants } => {
             let now = crate::loader::boot_time_ns();

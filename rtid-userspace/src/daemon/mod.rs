@@ -846,6 +846,7 @@ fn metrics_snapshot(daemon: &Shared) -> crate::metrics::MetricsSnapshot {
         events: daemon.streams.counts(),
         kernel_ring_drops: counters.ring_full_drops,
         hook_errors: counters.hook_errors,
+        paths_unresolved: counters.paths_unresolved,
         actions_judged: counters.judged,
         sinks: daemon.streams.reports(),
         map_fill: daemon.kernel.map_fill(),

@@ -560,6 +560,7 @@ fn status(daemon: &super::Daemon) -> Response {
         labeled_processes: daemon.labels.len(),
         ring_full_drops: counters.ring_full_drops,
         hook_errors: counters.hook_errors,
+        paths_unresolved: counters.paths_unresolved,
         actions_judged: counters.judged,
         events_seen: daemon.events_seen,
         events_per_second: daemon.events_seen as f64 / daemon.started.elapsed().as_secs_f64().max(1.0),

@@ -237,6 +237,8 @@ fn access_names(access: u8) -> Vec<String> {
 fn flag_names(flags: u16) -> Vec<String> {
     [
         (event_flags::PATH_TRUNCATED, "path_truncated"),
+        (event_flags::PATH_UNRESOLVED, "path_unresolved"),
+        (event_flags::WILDCARD_AS_LOOPBACK, "wildcard_as_loopback"),
         (event_flags::AUDIT_MODE, "audit_mode"),
         (event_flags::UNIX_SOCKET, "unix_socket"),
         (event_flags::BACKEND_FALLBACK, "backend_fallback"),

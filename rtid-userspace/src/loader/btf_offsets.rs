@@ -81,6 +81,7 @@ pub fn offsets(btf: &Btf) -> Result<KernelOffsets, OffsetError> {
         mount_mnt: at("mount", "mnt")?,
         mount_mnt_parent: at("mount", "mnt_parent")?,
         mount_mnt_mountpoint: at("mount", "mnt_mountpoint")?,
+        mount_mnt_ns: at("mount", "mnt_ns")?,
         binprm_file: at("linux_binprm", "file")?,
         socket_type: at("socket", "type")?,
         msghdr_msg_name: at("msghdr", "msg_name")?,
@@ -109,6 +110,9 @@ pub const LSM_BPF: LsmHookLayout = LsmHookLayout { hook: "bpf", leading: &[] };
 /// `capable(cred, ns, int cap, unsigned int opts)`: the cap and opts are read.
 pub const LSM_CAPABLE: LsmHookLayout =
     LsmHookLayout { hook: "capable", leading: &[Some("cred"), Some("user_namespace"), None, None] };
+/// `socket_create(int family, int type, int protocol, int kern)`: all scalars.
+pub const LSM_SOCKET_CREATE: LsmHookLayout =
+    LsmHookLayout { hook: "socket_create", leading: &[None, None, None, None] };
 /// No argument of `userns_create` is read.
 pub const LSM_USERNS_CREATE: LsmHookLayout = LsmHookLayout { hook: "userns_create", leading: &[Some("cred")] };
 pub const LSM_TASK_KILL: LsmHookLayout =

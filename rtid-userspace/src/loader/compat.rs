@@ -556,7 +556,7 @@ fn purpose(program: &str) -> &'static str {
         "sys_enter_bpf" => "keep agents from the bpf() syscall",
         "sys_enter_kill" | "sys_enter_tgkill" => "keep agents from signalling the daemon",
         "sys_enter_ptrace" | "sys_enter_process_vm" => "keep agents from tracing the daemon",
-        "sys_enter_privileged" => "hold the capability ceiling",
+        "sys_enter_privileged" => "hold the capability ceiling and the socket kinds",
         "sys_enter_path_arg0"
         | "sys_enter_path_arg1"
         | "sys_enter_path_arg2"
@@ -594,7 +594,7 @@ fn reads(program: &str, tracepoint: &str) -> Reads {
         "sys_enter_ptrace" => Reads::Args(&[1]),
         "sys_enter_process_vm" => Reads::Args(&[0]),
         // capability.rs: flags or domain, and the socket type.
-        "sys_enter_privileged" if tracepoint == "sys_enter_socket" => Reads::Args(&[0, 1]),
+        "sys_enter_privileged" if tracepoint == "sys_enter_socket" => Reads::Args(&[0, 1, 2]),
         "sys_enter_privileged" => Reads::Args(&[0]),
         // change.rs: the path argument, or the descriptor.
         "sys_enter_path_arg0" | "sys_enter_fd_change" => Reads::Args(&[0]),

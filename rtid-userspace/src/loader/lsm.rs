@@ -10,7 +10,7 @@ use super::{
     btf_offsets::{
         self, LSM_BPF, LSM_BPRM_CHECK_SECURITY, LSM_CAPABLE, LSM_FILE_OPEN, LSM_PATH_CHMOD, LSM_PATH_CHOWN,
         LSM_PATH_LINK, LSM_PATH_MKDIR, LSM_PATH_MKNOD, LSM_PATH_RENAME, LSM_PATH_RMDIR, LSM_PATH_SYMLINK,
-        LSM_PATH_TRUNCATE, LSM_PATH_UNLINK, LSM_PTRACE_ACCESS_CHECK, LSM_SOCKET_CONNECT, LSM_SOCKET_SENDMSG,
+        LSM_PATH_TRUNCATE, LSM_PATH_UNLINK, LSM_PTRACE_ACCESS_CHECK, LSM_SOCKET_CONNECT, LSM_SOCKET_CREATE, LSM_SOCKET_SENDMSG,
         LSM_TASK_KILL, LSM_UNIX_STREAM_CONNECT, LSM_USERNS_CREATE, LsmHookLayout,
     },
     compat::{Compat, Family, ProgramKind, ProgramRef, describe_refusal},
@@ -18,7 +18,7 @@ use super::{
 
 /// Each hook's expected layout, and its programs by the argument count they
 /// were built for (`rtid_common::lsm_hook_arguments`).
-const HOOK_PROGRAMS: [(&LsmHookLayout, &[(u32, &str)]); 20] = [
+const HOOK_PROGRAMS: [(&LsmHookLayout, &[(u32, &str)]); 21] = [
     (&LSM_FILE_OPEN, &[(lsm_hook_arguments::FILE_OPEN, "file_open")]),
     (&LSM_BPRM_CHECK_SECURITY, &[(lsm_hook_arguments::BPRM_CHECK_SECURITY, "bprm_check_security")]),
     (&LSM_SOCKET_CONNECT, &[(lsm_hook_arguments::SOCKET_CONNECT, "socket_connect")]),
@@ -38,6 +38,7 @@ const HOOK_PROGRAMS: [(&LsmHookLayout, &[(u32, &str)]); 20] = [
     (&LSM_PATH_CHOWN, &[(lsm_hook_arguments::PATH_CHOWN, "path_chown")]),
     (&LSM_CAPABLE, &[(lsm_hook_arguments::CAPABLE, "capable")]),
     (&LSM_USERNS_CREATE, &[(lsm_hook_arguments::USERNS_CREATE, "userns_create")]),
+    (&LSM_SOCKET_CREATE, &[(lsm_hook_arguments::SOCKET_CREATE, "socket_create")]),
     (&LSM_UNIX_STREAM_CONNECT, &[(lsm_hook_arguments::UNIX_STREAM_CONNECT, "unix_stream_connect")]),
 ];
 
@@ -79,8 +80,9 @@ const PATH_HOOKS: [&str; 10] = [
     "path_chmod",
     "path_chown",
 ];
-/// `userns_create` exists from 6.1.
-const CAPABILITY_HOOKS: [&str; 2] = ["capable", "userns_create"];
+/// `userns_create` exists from 6.1. `socket_create` holds the socket kinds,
+/// whose fallback shares the ceiling's program at `socket(2)` entry.
+const CAPABILITY_HOOKS: [&str; 3] = ["capable", "userns_create", "socket_create"];
 const UNIX_PATH_HOOKS: [&str; 1] = ["unix_stream_connect"];
 
 /// Which hook families LSM enforces, and why not where it does not.

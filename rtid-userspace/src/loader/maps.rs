@@ -19,7 +19,7 @@ use crate::policy::{CompiledPolicy, compile::PathEntry};
 pub struct Counters {
     pub ring_full_drops: u64,
     pub hook_errors: u64,
-    pub paths_truncated: u64,
+    pub paths_unresolved: u64,
     pub process_table_full: u64,
     pub judged: u64,
     /// Children of tagged processes killed because the process table was full.
@@ -189,7 +189,7 @@ impl KernelMaps {
         Ok(Counters {
             ring_full_drops: sum(counter::RING_FULL)?,
             hook_errors: sum(counter::HOOK_ERROR)?,
-            paths_truncated: sum(counter::PATH_TRUNCATED)?,
+            paths_unresolved: sum(counter::PATH_UNRESOLVED)?,
             process_table_full: sum(counter::PROCESS_TABLE_FULL)?,
             judged: sum(counter::JUDGED)?,
             untaggable_killed: sum(counter::UNTAGGABLE_KILLED)?,

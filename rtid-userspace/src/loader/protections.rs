@@ -404,6 +404,12 @@ impl RtidKernel {
                 "unshare/clone with CLONE_NEWUSER killed at entry; the call runs",
             ),
             status(
+                protection::SOCKET_KIND,
+                lsm.capability,
+                "sockets of kinds the identity may not create fail with EPERM",
+                "killed at socket() entry; the socket is made, the caller dies before it returns",
+            ),
+            status(
                 protection::CAPACITY,
                 true,
                 "children the full process table cannot tag are killed before their first instruction",

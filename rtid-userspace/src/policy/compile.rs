@@ -7,7 +7,7 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use rtid_common::{
-    IdentityPolicy, NetRule, NetRuleList, PATH_KEY_BYTES, PathRule, PathRuleList, RULES_PER_ENTRY, Verdict,
+    DECISIVE_RANK, IdentityPolicy, NetRule, NetRuleList, PATH_KEY_BYTES, PathRule, PathRuleList, RULES_PER_ENTRY, Verdict,
     audit_level, guard, limits, mode,
 };
 
@@ -300,10 +300,27 @@ fn identity_policy(spec: &IdentitySpec) -> IdentityPolicy {
         default_exec: spec.defaults.exec as u8,
         on_expiry: spec.on_expiry as u8,
         file_deny_fallback: spec.file_deny_fallback as u8,
-        _pad: 0,
-        guards: if spec.capabilities.user_namespaces { 0 } else { guard::DENY_USER_NAMESPACES },
+        unresolved_path: unresolved_path_verdict(spec) as u8,
+        guards: (if spec.capabilities.user_namespaces { 0 } else { guard::DENY_USER_NAMESPACES })
+            | spec.sockets_allowed.iter().fold(guard::DENY_SOCKETS, |guards, kind| guards & !kind.guard_bit()),
         denied_capabilities: spec.capabilities.denied,
+        anonymous_exec: anonymous_exec_verdict(spec) as u8,
+        _pad: [0; 7],
     }
+}
+
+/// What an unresolvable path gets: the policy's choice, else deny for an
+/// identity that protects any file (a path it cannot resolve might be one of
+/// them), else its file default.
+pub fn unresolved_path_verdict(spec: &IdentitySpec) -> Verdict {
+    spec.defaults.unresolved_path.unwrap_or(if spec.files.is_empty() { spec.defaults.file } else { Verdict::Deny })
+}
+
+/// What executing a nameless file (memfd) gets: the policy's choice, else
+/// deny for an identity with any exec rule (a copy in memory would slip past
+/// them), else its exec default.
+pub fn anonymous_exec_verdict(spec: &IdentitySpec) -> Verdict {
+    spec.defaults.anonymous_exec.unwrap_or(if spec.exec.is_empty() { spec.defaults.exec } else { Verdict::Deny })
 }
 
 pub fn describe_ports(ports: &[(u16, u16)]) -> String {
@@ -341,7 +358,8 @@ fn add_path_rule(
             let mut bytes = path.as_bytes().to_vec();
             bytes.push(0);
             check_length(&bytes, path)?;
-            prefix.add(bytes, candidate(path.len() + 1));
+            // Decisive: no name or suffix rule relaxes or overrides it (`stronger_match`).
+            prefix.add(bytes, candidate(path.len() + 1 + DECISIVE_RANK as usize));
         }
         PathPattern::Directory(dir) => {
             check_absolute(dir)?;

@@ -109,6 +109,15 @@ struct RawIdentity {
     exec: Vec<Spanned<RawPathRule>>,
     capabilities: Option<Spanned<RawCapabilities>>,
     host_control: Option<Spanned<RawHostControl>>,
+    sockets: Option<Spanned<RawSockets>>,
+}
+
+/// `sockets: { allow: [raw, packet, netlink, vsock, other] }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSockets {
+    #[serde(default)]
+    allow: Vec<Spanned<String>>,
 }
 
 /// `capabilities: { deny: [...], allow: [...], userNamespaces: allow|deny }`.
@@ -140,10 +149,13 @@ struct RawQuarantine {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 struct RawDefaults {
     file: Option<Spanned<String>>,
     network: Option<Spanned<String>>,
     exec: Option<Spanned<String>>,
+    unresolved_path: Option<Spanned<String>>,
+    anonymous_exec: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -369,6 +381,13 @@ fn check_identity(checker: &mut Checker, raw: &RawIdentity, field: &str) -> Opti
                 *slot = verdict;
             }
         }
+        if let Some(value) = &defaults.unresolved_path {
+            resolved.unresolved_path =
+                checker.verdict(value, &format!("{field}.defaults.unresolvedPath"), ACTIONS);
+        }
+        if let Some(value) = &defaults.anonymous_exec {
+            resolved.anonymous_exec = checker.verdict(value, &format!("{field}.defaults.anonymousExec"), ACTIONS);
+        }
         spec.defaults = resolved;
     }
     if let Some(quarantine) = &raw.quarantine {
@@ -411,6 +430,23 @@ fn check_identity(checker: &mut Checker, raw: &RawIdentity, field: &str) -> Opti
                         line_of(name),
                         format!("{field}.hostControl.allow[{index}]"),
                         format!("{:?} is not a hostControl guard (expected one of {})", name.value, known.join(", ")),
+                    );
+                }
+            }
+        }
+    }
+    if let Some(sockets) = &raw.sockets {
+        for (index, name) in sockets.value.allow.iter().enumerate() {
+            match super::model::SocketKind::from_name(&name.value) {
+                Some(kind) => {
+                    spec.sockets_allowed.insert(kind);
+                }
+                None => {
+                    let known: Vec<&str> = super::model::SocketKind::ALL.iter().map(|kind| kind.name()).collect();
+                    checker.error(
+                        line_of(name),
+                        format!("{field}.sockets.allow[{index}]"),
+                        format!("{:?} is not a socket kind (expected one of {})", name.value, known.join(", ")),
                     );
                 }
             }

@@ -31,11 +31,65 @@ pub struct Defaults {
     pub file: Verdict,
     pub network: Verdict,
     pub exec: Verdict,
+    /// For a file or exec whose path cannot be resolved to the root (too
+    /// deep or long, disconnected, a detached or bind-rooted tree). `None`:
+    /// deny for an identity with any file rule, else the file default.
+    pub unresolved_path: Option<Verdict>,
+    /// For executing a file with no name in any filesystem (memfd). `None`:
+    /// deny for an identity with any exec rule, else the exec default.
+    pub anonymous_exec: Option<Verdict>,
 }
 
 impl Default for Defaults {
     fn default() -> Self {
-        Defaults { file: Verdict::Allow, network: Verdict::Allow, exec: Verdict::Allow }
+        Defaults { file: Verdict::Allow, network: Verdict::Allow, exec: Verdict::Allow, unresolved_path: None, anonymous_exec: None }
+    }
+}
+
+/// Kinds of socket an identity may create besides TCP, UDP, unix and
+/// routing netlink (which every identity may): `sockets: { allow: [...] }`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SocketKind {
+    /// SOCK_RAW on AF_INET or AF_INET6.
+    Raw,
+    /// AF_PACKET.
+    Packet,
+    /// AF_NETLINK other than NETLINK_ROUTE.
+    Netlink,
+    /// AF_VSOCK.
+    Vsock,
+    /// Every other family or protocol (SCTP, ICMP datagram, bluetooth, CAN, XDP, ...).
+    Other,
+}
+
+impl SocketKind {
+    pub const ALL: [SocketKind; 5] =
+        [SocketKind::Raw, SocketKind::Packet, SocketKind::Netlink, SocketKind::Vsock, SocketKind::Other];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SocketKind::Raw => "raw",
+            SocketKind::Packet => "packet",
+            SocketKind::Netlink => "netlink",
+            SocketKind::Vsock => "vsock",
+            SocketKind::Other => "other",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<SocketKind> {
+        SocketKind::ALL.into_iter().find(|kind| kind.name() == name)
+    }
+
+    /// The `guard::DENY_*_SOCKETS` bit that refuses this kind.
+    pub fn guard_bit(self) -> u32 {
+        use rtid_common::guard;
+        match self {
+            SocketKind::Raw => guard::DENY_RAW_SOCKETS,
+            SocketKind::Packet => guard::DENY_PACKET_SOCKETS,
+            SocketKind::Netlink => guard::DENY_NETLINK_SOCKETS,
+            SocketKind::Vsock => guard::DENY_VSOCK_SOCKETS,
+            SocketKind::Other => guard::DENY_OTHER_SOCKETS,
+        }
     }
 }
 
@@ -72,6 +126,8 @@ pub struct IdentitySpec {
     pub capabilities: CapabilityCeiling,
     /// Built-in `hostControl` guards this identity opted out of (by name).
     pub host_control_allowed: BTreeSet<HostControl>,
+    /// Socket kinds this identity may create (`sockets.allow`); the rest are refused.
+    pub sockets_allowed: BTreeSet<SocketKind>,
 }
 
 impl IdentitySpec {
@@ -94,6 +150,7 @@ impl IdentitySpec {
             network: Vec::new(),
             capabilities: CapabilityCeiling::default(),
             host_control_allowed: BTreeSet::new(),
+            sockets_allowed: BTreeSet::new(),
         }
     }
 }

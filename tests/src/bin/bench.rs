@@ -447,7 +447,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
     println!("| events read from the ring | {events_read} |");
     println!("| ring full drops | {} |", counters.ring_full_drops);
     println!("| hook errors | {} |", counters.hook_errors);
-    println!("| paths truncated | {} |", counters.paths_truncated);
+    println!("| paths unresolved | {} |", counters.paths_unresolved);
     println!("| process table full | {} |", counters.process_table_full);
     // The daemon attaches the same programs: this instance must be gone first.
     drop(kernel);

@@ -202,6 +202,8 @@ fn main() {
         | "open-by-handle" | "load-module" | "unix-connect-in" => {
             report(integrity::act(arg(0).as_str(), &args[1..]))
         }
+        // Other names and routes to one object (tests/tests/aliases.rs).
+        "open-chain" | "memfd-exec" | "packet-socket" | "sendto-unspec" => report(aliases::act(arg(0).as_str(), &args[1..])),
         // Launch hardening (tests/tests/hardening.rs): one raw call each.
         "cap-raise" | "clone-newuser" | "clone3" | "pidfd-kill" => report(hardening::act(arg(0).as_str(), &args[1..])),
         other => {
@@ -383,6 +385,85 @@ mod hardening {
                     check(sent, "signalled")
                 }
                 _ => Err(Error::from_raw_os_error(libc::ENOSYS)),
+            }
+        }
+    }
+}
+
+/// Other names and routes to an object than its plain path.
+mod aliases {
+    use std::{ffi::CString, io::Result, os::fd::FromRawFd};
+
+    fn c_string(text: &str) -> Result<CString> {
+        CString::new(text).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))
+    }
+
+    fn check(result: libc::c_long) -> Result<libc::c_long> {
+        if result < 0 { Err(std::io::Error::last_os_error()) } else { Ok(result) }
+    }
+
+    pub fn act(action: &str, args: &[String]) -> Result<String> {
+        // SAFETY (every call below): arguments are NUL-terminated strings kept
+        // alive across the call, descriptors this process owns, or plain data.
+        unsafe {
+            match action {
+                // open-chain BASE NAME... FILE: each name opened relative to the
+                // last (O_PATH), so no single path string is ever passed; the
+                // file at the end is read.
+                "open-chain" => {
+                    let mut dir = check(libc::open(c_string(&args[0])?.as_ptr(), libc::O_PATH | libc::O_DIRECTORY) as _)? as i32;
+                    let (file, names) = args[1..].split_last().ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+                    for name in names {
+                        let next = libc::openat(dir, c_string(name)?.as_ptr(), libc::O_PATH | libc::O_DIRECTORY);
+                        libc::close(dir);
+                        dir = check(next as _)? as i32;
+                    }
+                    let fd = check(libc::openat(dir, c_string(file)?.as_ptr(), libc::O_RDONLY) as _)? as i32;
+                    let mut content = String::new();
+                    std::io::Read::read_to_string(&mut std::fs::File::from_raw_fd(fd), &mut content)?;
+                    Ok(content.trim().to_string())
+                }
+                // memfd-exec BINARY ARGS...: copies BINARY into a memfd and executes that.
+                "memfd-exec" => {
+                    let bytes = std::fs::read(&args[0])?;
+                    let fd = check(libc::memfd_create(c"rtid-probe".as_ptr(), 0) as _)? as i32;
+                    let mut memfd = std::fs::File::from_raw_fd(fd);
+                    std::io::Write::write_all(&mut memfd, &bytes)?;
+                    let argv: Vec<CString> = args.iter().map(|a| c_string(a)).collect::<Result<_>>()?;
+                    let mut pointers: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+                    pointers.push(std::ptr::null());
+                    let environment = [std::ptr::null()];
+                    libc::fexecve(fd, pointers.as_ptr(), environment.as_ptr());
+                    Err(std::io::Error::last_os_error())
+                }
+                // A packet socket: every frame on every interface.
+                "packet-socket" => {
+                    let all = (libc::ETH_P_ALL as u16).to_be() as i32;
+                    check(libc::socket(libc::AF_PACKET, libc::SOCK_RAW, all) as _).map(|_| "packet socket".into())
+                }
+                // sendto-unspec IPV4 PORT: a UDP datagram to an address whose
+                // family says AF_UNSPEC (IPv4 sends it to the address anyway).
+                "sendto-unspec" => {
+                    let addr: std::net::Ipv4Addr = args[0].parse().map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+                    let port: u16 = args[1].parse().map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+                    let socket = check(libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) as _)? as i32;
+                    let target = libc::sockaddr_in {
+                        sin_family: libc::AF_UNSPEC as u16,
+                        sin_port: port.to_be(),
+                        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(addr.octets()) },
+                        sin_zero: [0; 8],
+                    };
+                    let sent = libc::sendto(
+                        socket,
+                        b"rtid".as_ptr() as *const _,
+                        4,
+                        0,
+                        &target as *const libc::sockaddr_in as *const libc::sockaddr,
+                        std::mem::size_of::<libc::sockaddr_in>() as u32,
+                    );
+                    check(sent as _).map(|n| format!("sent {n}"))
+                }
+                _ => Err(std::io::Error::from_raw_os_error(libc::EINVAL)),
             }
         }
     }
