@@ -82,8 +82,6 @@ pub mod event_flags {
     /// disconnected, or in a detached or bind-rooted tree): judged by the
     /// identity's `unresolvedPath` verdict, never by its resolved tail.
     pub const PATH_UNRESOLVED: u16 = 1 << 5;
-    /// The destination was a wildcard address (0.0.0.0 or ::), judged as loopback.
-    pub const WILDCARD_AS_LOOPBACK: u16 = 1 << 6;
 }
 
 /// `Event::detail` of a `Socket` event: family, type and protocol of the socket asked for.

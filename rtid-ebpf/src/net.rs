@@ -117,43 +117,20 @@ pub fn sys_exit_net(_ctx: TracePointContext) -> u32 {
 pub fn judge_inet(process: &ProcessIdentity, object: &NetObject, kind: EventKind, backend: Backend) -> Enforcement {
     count(counter::JUDGED);
     let active = active_policy(process.identity);
-    let (addr, wildcard) = loopback_for_wildcard(&object.addr);
     let decision = settle_action(match status_override(process.identity, &active) {
         Some(decision) => decision,
         None => {
-            let key = Key::new(RULESET_PREFIX_BITS + 128, NetKey { ruleset: active.policy.ruleset, addr });
+            let key = Key::new(RULESET_PREFIX_BITS + 128, NetKey { ruleset: active.policy.ruleset, addr: object.addr });
             judge_address(&key, object.port, object.protocol, active.policy.default_network, active.now_ns)
         }
     });
-    let mut enforcement = enforce_for(process.identity, &decision, &active, true);
-    if wildcard {
-        enforcement.flags |= rtid_common::event_flags::WILDCARD_AS_LOOPBACK;
-    }
+    let enforcement = enforce_for(process.identity, &decision, &active, true);
     if should_report(&decision, &active.policy) {
         let mut facts = net_facts(kind, process, active.generation);
         facts.backend = backend;
         emit(&facts, &decision, &enforcement, EventObject::Net(object));
     }
     enforcement
-}
-
-/// A connect or send to 0.0.0.0 or :: reaches this host's services as if
-/// to loopback: judged as 127.0.0.1 or ::1, so a rule on loopback holds.
-#[inline(always)]
-fn loopback_for_wildcard(addr: &[u8; 16]) -> ([u8; 16], bool) {
-    let high = u64::from_be_bytes([addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7]]);
-    let low = u64::from_be_bytes([addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15]]);
-    let mut loopback = *addr;
-    if high == 0 && low == 0x0000_ffff_0000_0000 {
-        loopback[12] = 127;
-        loopback[15] = 1;
-        return (loopback, true);
-    }
-    if high == 0 && low == 0 {
-        loopback[15] = 1;
-        return (loopback, true);
-    }
-    (loopback, false)
 }
 
 #[inline(always)]

@@ -271,7 +271,7 @@ impl Suite {
 
 /// The LSM-only suite (ignored on the host: it needs BPF LSM) and the suites
 /// that assert the LSM outcome where LSM is active and the fallback's on the host.
-const LSM_TARGETS: [&str; 4] = ["lsm", "integrity", "hardening", "control"];
+const LSM_TARGETS: [&str; 5] = ["lsm", "integrity", "hardening", "control", "aliases"];
 
 /// Whether a target's tests are `#[ignore]`d on the host and run here with `--ignored`.
 fn ignored_on_host(target: &str) -> bool {

@@ -89,7 +89,7 @@ fn is_finding(record: &EventRecord) -> bool {
     record.verdict == "flag"
         || record.outcome == "flagged_instead"
         || has_flag(record, "quarantine_tripped")
-        || matches!(record.kind.as_str(), "tamper" | "suppressed" | "capability" | "file_change" | "integrity")
+        || matches!(record.kind.as_str(), "tamper" | "suppressed" | "capability" | "file_change" | "integrity" | "socket")
 }
 
 fn has_flag(record: &EventRecord, flag: &str) -> bool {
@@ -543,6 +543,7 @@ fn what(record: &EventRecord) -> String {
         "capability" => format!("use of {}", record.capability.as_deref().unwrap_or("a capability")),
         "file_change" => format!("{} of {path}", record.change.as_deref().unwrap_or("change")),
         "integrity" => "enforcement whole again".to_string(),
+        "socket" => format!("creation of a socket ({})", record.socket.as_deref().unwrap_or("?")),
         other => other.to_string(),
     }
 }
@@ -651,6 +652,7 @@ mod tests {
             generation: 3,
             related_tgid: None,
             capability: None,
+            socket: None,
             change: None,
             target_tgid: None,
             seq: 42,

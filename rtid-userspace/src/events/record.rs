@@ -45,6 +45,9 @@ pub struct EventRecord {
     /// `capability` events: the capability's name (`CAP_SYS_ADMIN`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capability: Option<String>,
+    /// `socket` events: the socket asked for, as `family=F type=T protocol=P`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
     /// `file_change` events: what was done to the path (`unlink`, `rename_to`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change: Option<String>,
@@ -145,6 +148,7 @@ impl EventRecord {
             generation: 0,
             related_tgid: None,
             capability: None,
+            socket: None,
             change: None,
             target_tgid: None,
             seq: 0,
@@ -204,6 +208,10 @@ impl EventRecord {
             generation: event.generation,
             related_tgid: (event.related_tgid != 0).then_some(event.related_tgid),
             capability: (kind == Some(EventKind::Capability)).then(|| capability::name(event.detail).to_string()),
+            socket: (kind == Some(EventKind::Socket)).then(|| {
+                let (family, socket_type, protocol) = rtid_common::socket_detail::unpack(event.detail);
+                format!("family={family} type={socket_type} protocol={protocol}")
+            }),
             change: (kind == Some(EventKind::FileChange)).then(|| file_change::name(event.detail).to_string()),
             target_tgid: (kind == Some(EventKind::Tamper) && event.detail != 0).then_some(event.detail),
             ..EventRecord::from_daemon("")
@@ -238,7 +246,6 @@ fn flag_names(flags: u16) -> Vec<String> {
     [
         (event_flags::PATH_TRUNCATED, "path_truncated"),
         (event_flags::PATH_UNRESOLVED, "path_unresolved"),
-        (event_flags::WILDCARD_AS_LOOPBACK, "wildcard_as_loopback"),
         (event_flags::AUDIT_MODE, "audit_mode"),
         (event_flags::UNIX_SOCKET, "unix_socket"),
         (event_flags::BACKEND_FALLBACK, "backend_fallback"),

@@ -74,11 +74,8 @@ pub fn explain(kernel: &RtidKernel, identity: &str, action: &ExplainAction) -> R
                 map: "NET_RULES",
                 problem: format!("{address:?} is not an IP address"),
             })?;
-            // As the kernel does: 0.0.0.0 and :: reach this host, judged as loopback.
             let octets = match addr {
-                IpAddr::V4(v4) if v4.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.to_ipv6_mapped().octets(),
                 IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-                IpAddr::V6(v6) if v6.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.octets(),
                 IpAddr::V6(v6) => v6.octets(),
             };
             let key = net_key(policy.ruleset, octets, 128);

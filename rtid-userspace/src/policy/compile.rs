@@ -492,19 +492,37 @@ fn mask(mut bytes: [u8; 16], bits: u8) -> [u8; 16] {
     bytes
 }
 
+/// (wildcard, the loopback address it is judged as), in the v6 space of the trie.
+const WILDCARDS_AS_LOOPBACK: [([u8; 16], [u8; 16]); 2] = [
+    ([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1]),
+    ([0; 16], [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+];
+
 fn covers(outer: &([u8; 16], u8), inner: &([u8; 16], u8)) -> bool {
     outer.1 <= inner.1 && mask(inner.0, outer.1) == outer.0
 }
 
 fn build_net_entries(rules: Vec<(([u8; 16], u8), NetRule)>) -> Result<Vec<NetEntry>, Vec<String>> {
     let mut networks: Vec<([u8; 16], u8)> = rules.iter().map(|(network, _)| *network).collect();
+    // A connect or send to 0.0.0.0 or :: reaches this host's services as one
+    // to loopback does: each wildcard gets its own entry carrying exactly the
+    // rules of its loopback address, so a rule on loopback holds for it too.
+    let judged_as = |network: &([u8; 16], u8)| {
+        WILDCARDS_AS_LOOPBACK.iter().find(|(wildcard, _)| (*wildcard, 128) == *network).map(|(_, loopback)| (*loopback, 128))
+    };
+    for (wildcard, loopback) in WILDCARDS_AS_LOOPBACK {
+        if rules.iter().any(|(outer, _)| covers(outer, &(loopback, 128))) {
+            networks.push((wildcard, 128));
+        }
+    }
     networks.sort();
     networks.dedup();
     let mut entries = Vec::new();
     let mut errors = Vec::new();
     for network in networks {
+        let judged = judged_as(&network).unwrap_or(network);
         let mut candidates: Vec<NetRule> =
-            rules.iter().filter(|(outer, _)| covers(outer, &network)).map(|(_, rule)| *rule).collect();
+            rules.iter().filter(|(outer, _)| covers(outer, &judged)).map(|(_, rule)| *rule).collect();
         candidates.sort_by(|a, b| b.prefix_len.cmp(&a.prefix_len).then(b.verdict.cmp(&a.verdict)));
         if candidates.len() > RULES_PER_ENTRY {
             errors.push(format!(
