@@ -103,11 +103,8 @@ pub mod guard {
     pub const DENY_VSOCK_SOCKETS: u32 = 1 << 4;
     /// and every other family or protocol (not TCP, UDP, unix or the above).
     pub const DENY_OTHER_SOCKETS: u32 = 1 << 5;
-    pub const DENY_SOCKETS: u32 = DENY_RAW_SOCKETS
-        | DENY_PACKET_SOCKETS
-        | DENY_NETLINK_SOCKETS
-        | DENY_VSOCK_SOCKETS
-        | DENY_OTHER_SOCKETS;
+    pub const DENY_SOCKETS: u32 =
+        DENY_RAW_SOCKETS | DENY_PACKET_SOCKETS | DENY_NETLINK_SOCKETS | DENY_VSOCK_SOCKETS | DENY_OTHER_SOCKETS;
 }
 
 /// Value of `IDENTITY_STATUS`, keyed by identity id. Kept apart from the

@@ -179,8 +179,13 @@ pub fn sys_enter_privileged(ctx: TracePointContext) -> u32 {
             // SAFETY: as above.
             let protocol: i64 = unsafe { ctx.read_at(SYS_ENTER_ARG[2]) }.unwrap_or(0);
             // The identity's socket kinds first: they hold whatever its capabilities.
-            let judged =
-                crate::socket::judge_socket(&process, first as u32, socket_type as u32, protocol as u32, Backend::Tracepoint);
+            let judged = crate::socket::judge_socket(
+                &process,
+                first as u32,
+                socket_type as u32,
+                protocol as u32,
+                Backend::Tracepoint,
+            );
             if judged.is_some_and(|enforcement| enforcement.kill) {
                 // SAFETY: signals the current task; no memory is involved.
                 unsafe { bpf_send_signal(SIGKILL) };

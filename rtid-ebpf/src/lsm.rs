@@ -135,11 +135,8 @@ fn judge_sockaddr(
     let allowed = Enforcement { outcome: Outcome::Allowed, errno: 0, kill: false, flags: 0 };
     // udp_sendmsg sends to an AF_UNSPEC address as IPv4 (and an IPv6
     // socket ignores it): judged as the IPv4 address it is used as.
-    let family = if family == AF_UNSPEC && kind == EventKind::Send && length >= SOCKADDR_IN_BYTES {
-        AF_INET
-    } else {
-        family
-    };
+    let family =
+        if family == AF_UNSPEC && kind == EventKind::Send && length >= SOCKADDR_IN_BYTES { AF_INET } else { family };
     match family {
         AF_INET | AF_INET6 => {
             let socket_type: u16 = read_at(socket, offset!(socket_type))?;

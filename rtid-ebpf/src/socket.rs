@@ -75,7 +75,8 @@ pub fn judge_socket(
     if active.policy.guards & denied == 0 {
         return None;
     }
-    let decision = Decision { verdict: Verdict::Deny, source: DecisionSource::Protected, rule_id: protection::SOCKET_KIND };
+    let decision =
+        Decision { verdict: Verdict::Deny, source: DecisionSource::Protected, rule_id: protection::SOCKET_KIND };
     let enforcement = if active.policy.mode == mode::AUDIT {
         Enforcement { outcome: Outcome::AuditOnly, errno: 0, kill: false, flags: event_flags::AUDIT_MODE }
     } else if backend == Backend::Lsm {

@@ -154,8 +154,7 @@ fn a_file_opened_by_handle_is_judged_as_the_file() {
     let dir = TestDir::new("handle");
     let secret = dir.file("secret/token", "HANDLE-SECRET");
     let mut spec = IdentitySpec::new("agent");
-    spec.files =
-        vec![PathRuleSpec::file("secret", PathPattern::Directory(dir.path("secret/")), Verdict::Deny)];
+    spec.files = vec![PathRuleSpec::file("secret", PathPattern::Directory(dir.path("secret/")), Verdict::Deny)];
     // open_by_handle_at needs CAP_DAC_READ_SEARCH: allowed, so the path rule is what is tested.
     let dac_read_search = 1u64 << rtid_common::capability::number("CAP_DAC_READ_SEARCH").expect("capability");
     spec.capabilities = CapabilityCeiling { denied: spec.capabilities.denied & !dac_read_search, ..spec.capabilities };
@@ -167,8 +166,7 @@ fn a_file_opened_by_handle_is_judged_as_the_file() {
     // Judged as the file (or, were its dentry disconnected, as unresolved): never allowed.
     assert_eq!(event.verdict, Verdict::Deny as u8, "{}", describe(&event));
     assert!(
-        event.rule_id == harness.rule_id("agent", "secret")
-            || event.decision == DecisionSource::UnresolvedPath as u8,
+        event.rule_id == harness.rule_id("agent", "secret") || event.decision == DecisionSource::UnresolvedPath as u8,
         "{}",
         describe(&event)
     );
@@ -248,9 +246,12 @@ fn raw_and_packet_sockets_are_refused_unless_the_policy_allows_them() {
     allowed.capabilities = CapabilityCeiling { denied: 0, opted_in: 0, user_namespaces: false };
     let mut harness = Harness::start(vec![IdentitySpec::new("agent"), allowed]);
     let name = protection::name(protection::SOCKET_KIND);
-    let held = harness.kernel.protections().into_iter().find(|status| status.name == name).expect("socket kinds listed");
+    let held =
+        harness.kernel.protections().into_iter().find(|status| status.name == name).expect("socket kinds listed");
     let lsm = held.level == ProtectionLevel::Enforced;
-    for (action, family, socket_type) in [("raw-socket", libc::AF_INET, libc::SOCK_RAW), ("packet-socket", libc::AF_PACKET, libc::SOCK_RAW)] {
+    for (action, family, socket_type) in
+        [("raw-socket", libc::AF_INET, libc::SOCK_RAW), ("packet-socket", libc::AF_PACKET, libc::SOCK_RAW)]
+    {
         let run = harness.probe_as("agent", &[action]);
         assert_refused(lsm, &run, action);
         let event = event_of(&mut harness, action, &run, EventKind::Socket);

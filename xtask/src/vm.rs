@@ -345,8 +345,12 @@ pub fn select_passes(kernel: Option<&str>, arch: Option<Arch>, suite: Option<Sui
 /// Builds the test executables, the probe and the rtid binary for `suite`, for `arch`.
 fn suite_executables(suite: Suite, arch: Arch) -> anyhow::Result<Vec<(String, PathBuf)>> {
     let built = build_test_executables(suite.targets(arch), arch)?;
-    let mut executables: Vec<(String, PathBuf)> =
-        suite.targets(arch).iter().zip(built).map(|(target, executable)| (format!("tests/{target}"), executable)).collect();
+    let mut executables: Vec<(String, PathBuf)> = suite
+        .targets(arch)
+        .iter()
+        .zip(built)
+        .map(|(target, executable)| (format!("tests/{target}"), executable))
+        .collect();
     let profile = profile_dir(&executables[0].1)?.to_path_buf();
     executables.push(("rtid-probe".into(), profile.join("rtid-probe")));
     executables.push(("rtid".into(), profile.join("rtid")));

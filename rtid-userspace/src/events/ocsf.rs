@@ -89,7 +89,10 @@ fn is_finding(record: &EventRecord) -> bool {
     record.verdict == "flag"
         || record.outcome == "flagged_instead"
         || has_flag(record, "quarantine_tripped")
-        || matches!(record.kind.as_str(), "tamper" | "suppressed" | "capability" | "file_change" | "integrity" | "socket")
+        || matches!(
+            record.kind.as_str(),
+            "tamper" | "suppressed" | "capability" | "file_change" | "integrity" | "socket"
+        )
 }
 
 fn has_flag(record: &EventRecord, flag: &str) -> bool {

@@ -4,8 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use rtid_common::{
-    AF_INET6, AF_UNIX, Backend, DecisionSource, Event, EventKind, Outcome, Verdict, capability, event_flags, file_change,
-    protection,
+    AF_INET6, AF_UNIX, Backend, DecisionSource, Event, EventKind, Outcome, Verdict, capability, event_flags,
+    file_change, protection,
 };
 
 /// Version of the JSON event schema (README: Events).

@@ -65,7 +65,8 @@ pub fn explain(kernel: &RtidKernel, identity: &str, action: &ExplainAction) -> R
             found
         }
         ExplainAction::Exec { path } => {
-            let found = judge_path(kernel, policy.ruleset, path, access::EXEC, Verdict::from_u8(policy.default_exec), now);
+            let found =
+                judge_path(kernel, policy.ruleset, path, access::EXEC, Verdict::from_u8(policy.default_exec), now);
             matches = path_candidates(kernel, policy.ruleset, path, access::EXEC, now, found.1);
             found
         }
@@ -118,13 +119,19 @@ fn path_candidates(
         list.rules[..list.count as usize]
             .iter()
             .filter(|rule| rule.access & requested != 0 && (rule.expires_at_ns == 0 || now < rule.expires_at_ns))
-            .map(|rule| RuleMatch { rule_id: rule.rule_id, match_len: rule.match_len, verdict: Verdict::from_u8(rule.verdict) })
+            .map(|rule| RuleMatch {
+                rule_id: rule.rule_id,
+                match_len: rule.match_len,
+                verdict: Verdict::from_u8(rule.verdict),
+            })
             .collect()
     };
     let from_prefix = live(&prefix);
     let from_suffix = live(&suffix);
     let mut candidates: Vec<RuleCandidate> = Vec::new();
-    for (rule, in_suffix) in from_prefix.iter().map(|rule| (rule, false)).chain(from_suffix.iter().map(|rule| (rule, true))) {
+    for (rule, in_suffix) in
+        from_prefix.iter().map(|rule| (rule, false)).chain(from_suffix.iter().map(|rule| (rule, true)))
+    {
         let Some(info) = kernel.rule_info(rule.rule_id) else { continue };
         if candidates.iter().any(|seen| seen.rule_id == info.id) {
             continue;
@@ -132,7 +139,9 @@ fn path_candidates(
         let won = winner.is_some_and(|winner| winner.rule_id == rule.rule_id);
         let why = match (won, winner) {
             (true, _) => why_it_won(rule, &from_prefix, &from_suffix, in_suffix),
-            (false, Some(winner)) => why_it_lost(rule, &winner, in_suffix, from_suffix.iter().any(|r| r.rule_id == winner.rule_id)),
+            (false, Some(winner)) => {
+                why_it_lost(rule, &winner, in_suffix, from_suffix.iter().any(|r| r.rule_id == winner.rule_id))
+            }
             (false, None) => "does not apply".into(),
         };
         candidates.push(RuleCandidate {

@@ -7,8 +7,8 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use rtid_common::{
-    DECISIVE_RANK, IdentityPolicy, NetRule, NetRuleList, PATH_KEY_BYTES, PathRule, PathRuleList, RULES_PER_ENTRY, Verdict,
-    audit_level, guard, limits, mode,
+    DECISIVE_RANK, IdentityPolicy, NetRule, NetRuleList, PATH_KEY_BYTES, PathRule, PathRuleList, RULES_PER_ENTRY,
+    Verdict, audit_level, guard, limits, mode,
 };
 
 use super::model::{AuditLevel, HostControl, IdentitySpec, Mode, NetRuleSpec, NetTarget, PathPattern, PathRuleSpec};
@@ -508,7 +508,10 @@ fn build_net_entries(rules: Vec<(([u8; 16], u8), NetRule)>) -> Result<Vec<NetEnt
     // to loopback does: each wildcard gets its own entry carrying exactly the
     // rules of its loopback address, so a rule on loopback holds for it too.
     let judged_as = |network: &([u8; 16], u8)| {
-        WILDCARDS_AS_LOOPBACK.iter().find(|(wildcard, _)| (*wildcard, 128) == *network).map(|(_, loopback)| (*loopback, 128))
+        WILDCARDS_AS_LOOPBACK
+            .iter()
+            .find(|(wildcard, _)| (*wildcard, 128) == *network)
+            .map(|(_, loopback)| (*loopback, 128))
     };
     for (wildcard, loopback) in WILDCARDS_AS_LOOPBACK {
         if rules.iter().any(|(outer, _)| covers(outer, &(loopback, 128))) {
@@ -581,6 +584,46 @@ mod tests {
     }
 
     #[test]
+    fn name_and_suffix_rules_never_relax_a_directory_rule_and_exact_paths_decide() {
+        let mut spec = IdentitySpec::new("coder");
+        spec.files.push(PathRuleSpec::file("aws", PathPattern::Directory("/h/.aws/".into()), Verdict::Deny));
+        spec.files.push(PathRuleSpec::file("credentials", PathPattern::Name("credentials".into()), Verdict::Flag));
+        spec.files.push(PathRuleSpec::file("config", PathPattern::Exact("/h/.aws/config".into()), Verdict::Allow));
+        spec.files.push(PathRuleSpec::file("conf", PathPattern::Suffix("config".into()), Verdict::StepUp));
+        spec.files.push(PathRuleSpec::file("src", PathPattern::Directory("/h/src/".into()), Verdict::Allow));
+        spec.files.push(PathRuleSpec::file("pem", PathPattern::Suffix(".pem".into()), Verdict::Deny));
+        let compiled = compile(&[spec]).expect("compiles");
+        let identity = &compiled.identities[0];
+        let decide = |path: &str| {
+            let mut forward = path.as_bytes().to_vec();
+            forward.push(0);
+            let reversed: Vec<u8> = path.bytes().rev().collect();
+            let longest = |entries: &[PathEntry], key: &[u8]| {
+                entries
+                    .iter()
+                    .filter(|entry| key.starts_with(&entry.bytes))
+                    .max_by_key(|entry| entry.bytes.len())
+                    .map(|e| e.rules)
+            };
+            let prefix = longest(&identity.prefix_entries, &forward);
+            let suffix = longest(&identity.suffix_entries, &reversed);
+            let pass = |found| found;
+            let (verdict, rule) =
+                rtid_common::decide_path(prefix.as_ref(), suffix.as_ref(), access::READ, Verdict::Allow, 0, &pass)
+                    .expect("read requested");
+            (verdict, rule.map(|rule| compiled.rules[&rule.rule_id].id.clone()))
+        };
+        assert_eq!(decide("/h/.aws/credentials"), (Verdict::Deny, Some("aws".into())));
+        assert_eq!(decide("/h/.aws/config"), (Verdict::Allow, Some("config".into())), "exact beats a stricter suffix");
+        assert_eq!(
+            decide("/h/src/server.pem"),
+            (Verdict::Deny, Some("pem".into())),
+            "suffix deny inside an allowed dir"
+        );
+        assert_eq!(decide("/h/src/main.rs"), (Verdict::Allow, Some("src".into())));
+    }
+
+    #[test]
     fn equal_length_prefers_the_stricter_verdict() {
         let mut spec = IdentitySpec::new("coder");
         spec.files.push(PathRuleSpec::file("allow", PathPattern::Directory("/data/".into()), Verdict::Allow));
@@ -635,7 +678,7 @@ mod tests {
         let compiled = compile(&[IdentitySpec::new("coder")]).expect("compiles");
         let policy = compiled.identities[0].policy;
         assert_eq!(policy.denied_capabilities, crate::policy::model::default_denied_mask());
-        assert_eq!(policy.guards, guard::DENY_USER_NAMESPACES);
+        assert_eq!(policy.guards, guard::DENY_USER_NAMESPACES | guard::DENY_SOCKETS);
         let names = crate::policy::model::capability_names(policy.denied_capabilities);
         assert_eq!(names.len(), crate::policy::model::DEFAULT_DENIED_CAPABILITIES.len());
         assert!(names.contains(&"CAP_SYS_ADMIN") && names.contains(&"CAP_CHECKPOINT_RESTORE"));

@@ -382,8 +382,7 @@ fn check_identity(checker: &mut Checker, raw: &RawIdentity, field: &str) -> Opti
             }
         }
         if let Some(value) = &defaults.unresolved_path {
-            resolved.unresolved_path =
-                checker.verdict(value, &format!("{field}.defaults.unresolvedPath"), ACTIONS);
+            resolved.unresolved_path = checker.verdict(value, &format!("{field}.defaults.unresolvedPath"), ACTIONS);
         }
         if let Some(value) = &defaults.anonymous_exec {
             resolved.anonymous_exec = checker.verdict(value, &format!("{field}.defaults.anonymousExec"), ACTIONS);
@@ -974,7 +973,11 @@ spec:
         assert!(coder.host_control_allowed.contains(&HostControl::Scheduler));
         let compiled = super::super::compile(&set.identities).expect("compiles");
         assert_eq!(compiled.identities[0].policy.denied_capabilities, expected);
-        assert_eq!(compiled.identities[0].policy.guards, 0);
+        assert_eq!(
+            compiled.identities[0].policy.guards,
+            rtid_common::guard::DENY_SOCKETS,
+            "user namespaces allowed, socket kinds not"
+        );
         let warned = super::super::warnings(&set.identities);
         assert!(warned.iter().any(|w| w.contains("identity coder") && w.contains("CAP_NET_RAW")), "{warned:?}");
         assert!(warned.iter().any(|w| w.contains("hostControl.allow: scheduler")), "{warned:?}");

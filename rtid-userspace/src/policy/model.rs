@@ -42,7 +42,13 @@ pub struct Defaults {
 
 impl Default for Defaults {
     fn default() -> Self {
-        Defaults { file: Verdict::Allow, network: Verdict::Allow, exec: Verdict::Allow, unresolved_path: None, anonymous_exec: None }
+        Defaults {
+            file: Verdict::Allow,
+            network: Verdict::Allow,
+            exec: Verdict::Allow,
+            unresolved_path: None,
+            anonymous_exec: None,
+        }
     }
 }
 

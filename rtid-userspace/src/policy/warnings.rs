@@ -33,8 +33,51 @@ pub fn warnings(identities: &[IdentitySpec]) -> Vec<String> {
                 group.description().trim_start_matches("built-in: ")
             ));
         }
+        for kind in &identity.sockets_allowed {
+            found.push(format!(
+                "identity {name}: sockets.allow: {}: its processes may create {} sockets, which no address rule judges",
+                kind.name(),
+                kind.name()
+            ));
+        }
+        if identity.defaults.unresolved_path.is_some_and(|verdict| !verdict.is_blocking()) && !identity.files.is_empty()
+        {
+            found.push(format!(
+                "identity {name}: defaults.unresolvedPath: a path the kernel cannot resolve (a file handle, a detached tree, \
+                 a path deeper or longer than the walk) is let through, whatever its file rules say"
+            ));
+        }
         found.extend(delegation_warnings(identities, identity));
         found.extend(shadowed_allows(identity));
+        found.extend(never_winning(identity));
+    }
+    found
+}
+
+/// Rules that can never decide: another rule on the same pattern covers the
+/// same access with a verdict at least as strict (the stricter wins a tie).
+fn never_winning(identity: &IdentitySpec) -> Vec<String> {
+    let mut found = Vec::new();
+    for (section, rules) in [("files", &identity.files), ("exec", &identity.exec)] {
+        for (index, rule) in rules.iter().enumerate() {
+            let beaten_by = rules.iter().enumerate().find(|(other_index, other)| {
+                *other_index != index
+                    && other.pattern == rule.pattern
+                    && rule.access & !other.access == 0
+                    && other.expires_at_boot_ns.is_none()
+                    && (other.action > rule.action || (other.action == rule.action && *other_index < index))
+            });
+            if let Some((_, other)) = beaten_by {
+                found.push(format!(
+                    "identity {}: {section}: rule {} can never win: rule {} on the same {} is as strict or stricter ({})",
+                    identity.name,
+                    rule.id,
+                    other.id,
+                    rule.pattern.describe(),
+                    other.action.name()
+                ));
+            }
+        }
     }
     found
 }
@@ -167,5 +210,28 @@ mod tests {
         coder.host_control_allowed.insert(HostControl::ContainerRuntime);
         let shown = warnings(&[coder]);
         assert!(!shown.iter().any(|warning| warning.contains("rule docker")), "{shown:?}");
+    }
+}
+
+#[cfg(test)]
+mod precedence_tests {
+    use super::*;
+
+    #[test]
+    fn a_rule_beaten_on_its_own_pattern_is_warned_and_sockets_allowed_too() {
+        let mut spec = IdentitySpec::new("coder");
+        spec.files = vec![
+            PathRuleSpec::file("weak", PathPattern::Directory("/srv/".into()), Verdict::Flag),
+            PathRuleSpec::file("strong", PathPattern::Directory("/srv/".into()), Verdict::Deny),
+            PathRuleSpec::file("other", PathPattern::Name(".env".into()), Verdict::Flag),
+        ];
+        spec.sockets_allowed.insert(super::super::model::SocketKind::Raw);
+        let found = warnings(&[spec]);
+        assert!(found.iter().any(|w| w.contains("rule weak can never win: rule strong")), "{found:?}");
+        assert!(
+            !found.iter().any(|w| w.contains("rule strong can never win") || w.contains("rule other")),
+            "{found:?}"
+        );
+        assert!(found.iter().any(|w| w.contains("sockets.allow: raw")), "{found:?}");
     }
 }

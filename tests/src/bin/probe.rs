@@ -199,11 +199,11 @@ fn main() {
         // Attacks on rtid itself and the host (tests/tests/integrity.rs), one call each.
         "kill" | "ptrace-attach" | "vm-write" | "truncate" | "unlink" | "rename" | "link" | "symlink" | "chmod"
         | "create" | "raw-socket" | "mount-tmpfs" | "bind-mount" | "unshare-mount" | "unshare-user"
-        | "open-by-handle" | "load-module" | "unix-connect-in" => {
-            report(integrity::act(arg(0).as_str(), &args[1..]))
-        }
+        | "open-by-handle" | "load-module" | "unix-connect-in" => report(integrity::act(arg(0).as_str(), &args[1..])),
         // Other names and routes to one object (tests/tests/aliases.rs).
-        "open-chain" | "memfd-exec" | "packet-socket" | "sendto-unspec" => report(aliases::act(arg(0).as_str(), &args[1..])),
+        "open-chain" | "memfd-exec" | "packet-socket" | "sendto-unspec" => {
+            report(aliases::act(arg(0).as_str(), &args[1..]))
+        }
         // Launch hardening (tests/tests/hardening.rs): one raw call each.
         "cap-raise" | "clone-newuser" | "clone3" | "pidfd-kill" => report(hardening::act(arg(0).as_str(), &args[1..])),
         other => {
@@ -259,11 +259,14 @@ mod integrity {
                 "chmod" => check(libc::chmod(c_string(&arg(0))?.as_ptr(), 0o777) as _, "chmodded"),
                 // create PATH: a new file, O_CREAT|O_EXCL|O_WRONLY.
                 "create" => {
-                    let fd = libc::open(c_string(&arg(0))?.as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o644);
+                    let fd =
+                        libc::open(c_string(&arg(0))?.as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o644);
                     check(fd as _, "created")
                 }
                 // A raw IP socket: needs CAP_NET_RAW.
-                "raw-socket" => check(libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) as _, "raw socket"),
+                "raw-socket" => {
+                    check(libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) as _, "raw socket")
+                }
                 // mount-tmpfs DIR: needs CAP_SYS_ADMIN.
                 "mount-tmpfs" => {
                     let target = c_string(&arg(0))?;
@@ -277,7 +280,10 @@ mod integrity {
                 "bind-mount" => {
                     let (source, target) = (c_string(&arg(0))?, c_string(&arg(1))?);
                     let flags = libc::MS_BIND;
-                    check(libc::mount(source.as_ptr(), target.as_ptr(), std::ptr::null(), flags, std::ptr::null()) as _, "bound")
+                    check(
+                        libc::mount(source.as_ptr(), target.as_ptr(), std::ptr::null(), flags, std::ptr::null()) as _,
+                        "bound",
+                    )
                 }
                 "unshare-mount" => check(libc::unshare(libc::CLONE_NEWNS) as _, "unshared"),
                 "unshare-user" => check(libc::unshare(libc::CLONE_NEWUSER) as _, "unshared"),
@@ -304,7 +310,12 @@ mod integrity {
                     check(named, "named")?;
                     let mount = libc::open(c"/".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
                     check(mount as _, "mount fd")?;
-                    let fd = libc::syscall(libc::SYS_open_by_handle_at, mount, &mut handle as *mut FileHandle, libc::O_RDONLY);
+                    let fd = libc::syscall(
+                        libc::SYS_open_by_handle_at,
+                        mount,
+                        &mut handle as *mut FileHandle,
+                        libc::O_RDONLY,
+                    );
                     check(fd, "opened by handle")
                 }
                 // load-module: finit_module on an empty file (needs CAP_SYS_MODULE;
@@ -411,8 +422,10 @@ mod aliases {
                 // last (O_PATH), so no single path string is ever passed; the
                 // file at the end is read.
                 "open-chain" => {
-                    let mut dir = check(libc::open(c_string(&args[0])?.as_ptr(), libc::O_PATH | libc::O_DIRECTORY) as _)? as i32;
-                    let (file, names) = args[1..].split_last().ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+                    let mut dir =
+                        check(libc::open(c_string(&args[0])?.as_ptr(), libc::O_PATH | libc::O_DIRECTORY) as _)? as i32;
+                    let (file, names) =
+                        args[1..].split_last().ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?;
                     for name in names {
                         let next = libc::openat(dir, c_string(name)?.as_ptr(), libc::O_PATH | libc::O_DIRECTORY);
                         libc::close(dir);
@@ -444,7 +457,8 @@ mod aliases {
                 // sendto-unspec IPV4 PORT: a UDP datagram to an address whose
                 // family says AF_UNSPEC (IPv4 sends it to the address anyway).
                 "sendto-unspec" => {
-                    let addr: std::net::Ipv4Addr = args[0].parse().map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+                    let addr: std::net::Ipv4Addr =
+                        args[0].parse().map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
                     let port: u16 = args[1].parse().map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
                     let socket = check(libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) as _)? as i32;
                     let target = libc::sockaddr_in {
