@@ -390,6 +390,7 @@ fn protections_name_each_protection_and_its_backend() {
             "rtid/daemon-trace",
             "rtid/capability",
             "rtid/user-namespace",
+            "rtid/socket-kind",
             "rtid/capacity"
         ]
     );
