@@ -20,6 +20,10 @@ pub struct ProcessIdentity {
 /// Ruleset id under which exec selectors are keyed in `EXEC_SELECTORS`.
 pub const SELECTOR_RULESET: u32 = 0;
 
+/// Set in an `UNTAGGABLE` value (above the identity id) when the child is
+/// killed for sharing its parent's descriptor table, not for capacity.
+pub const UNTAGGABLE_SHARED_FILES: u32 = 1 << 31;
+
 pub mod label_source {
     /// Labeled from userspace (launcher or `label --pid`).
     pub const LABEL: u32 = 1;

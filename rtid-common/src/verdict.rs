@@ -165,6 +165,10 @@ pub mod protection {
     pub const DETACHED: u32 = 9;
     /// A socket of a kind the identity's `sockets` policy does not allow.
     pub const SOCKET_KIND: u32 = 10;
+    /// A new process sharing its parent's descriptor table (CLONE_FILES
+    /// without CLONE_THREAD) on a backend that kills opens after the fact:
+    /// killed before it runs, so no sibling keeps a descriptor whose opener died.
+    pub const SHARED_FILES: u32 = 11;
 
     /// The name events, `policy explain` and `status` use.
     pub const fn name(id: u32) -> &'static str {
@@ -179,6 +183,7 @@ pub mod protection {
             CAPACITY => "rtid/capacity",
             DETACHED => "rtid/detached",
             SOCKET_KIND => "rtid/socket-kind",
+            SHARED_FILES => "rtid/shared-files",
             _ => "rtid/unknown",
         }
     }

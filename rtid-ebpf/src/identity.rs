@@ -6,13 +6,18 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use rtid_common::{Backend, EventKind, ProcessIdentity, SIGKILL, counter, label_source, protection};
+use rtid_common::{
+    Backend, EventKind, ProcessIdentity, SIGKILL, UNTAGGABLE_SHARED_FILES, counter, label_source, protection,
+};
 
 use crate::{
     events::{EventFacts, EventObject, LIFECYCLE, emit},
     judge::{active_policy, identity_of},
-    kernel::{KernelPtr, ReadError, offsets_valid, process_start_ns, task_pid, task_tgid, thread_group_dead},
-    maps::{CGROUP_IDENTITY, PROCESS_IDENTITY, RUNTIME_STATE, UNTAGGABLE, count},
+    kernel::{
+        KernelPtr, ReadError, current_task, offsets_valid, process_start_ns, read_ptr, task_pid, task_tgid,
+        thread_group_dead,
+    },
+    maps::{BACKEND_CONFIG, CGROUP_IDENTITY, PROCESS_IDENTITY, RUNTIME_STATE, UNTAGGABLE, count, offset},
     protect::{protected_decision, protected_enforcement},
 };
 
@@ -48,6 +53,14 @@ fn try_sched_process_fork(ctx: &BtfTracePointContext) -> Result<(), ReadError> {
         // A new thread: it acts under its process's entry.
         return Ok(());
     }
+    if shares_descriptor_table(child)? {
+        // Where opens are judged at syscall exit, a killed opener's descriptor
+        // sits in the table: a process sharing it must never run. Killed in
+        // its own context on its way back from fork (`sys_exit_fork`).
+        if UNTAGGABLE.insert(&child_tgid, &(identity | UNTAGGABLE_SHARED_FILES), 0).is_err() {
+            count(counter::HOOK_ERROR);
+        }
+    }
     let start = process_start_ns(child)?;
     let entry = ProcessIdentity { identity, source, start_boottime_ns: start };
     if PROCESS_IDENTITY.insert(&child_tgid, &entry, 0).is_err() {
@@ -72,6 +85,17 @@ fn try_sched_process_fork(ctx: &BtfTracePointContext) -> Result<(), ReadError> {
     };
     emit(&facts, &LIFECYCLE.0, &LIFECYCLE.1, EventObject::None);
     Ok(())
+}
+
+/// A new process sharing the forking task's descriptor table (CLONE_FILES
+/// without CLONE_THREAD), on a backend that judges opens after the fact.
+#[inline(always)]
+fn shares_descriptor_table(child: KernelPtr) -> Result<bool, ReadError> {
+    if BACKEND_CONFIG.get(0).is_some_and(|config| config.lsm_file != 0) {
+        // BPF LSM refuses opens before a descriptor exists.
+        return Ok(false);
+    }
+    Ok(read_ptr(child, offset!(task_files))? == read_ptr(current_task(), offset!(task_files))?)
 }
 
 /// The identity bound to the caller's cgroup or its nearest bound ancestor.
@@ -145,13 +169,19 @@ fn try_sched_process_exit(ctx: &BtfTracePointContext) -> Result<(), ReadError> {
 pub fn sys_exit_fork(_ctx: TracePointContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: copied out at once.
-    let Some(identity) = (unsafe { UNTAGGABLE.get(&tgid) }).copied() else {
+    let Some(marked) = (unsafe { UNTAGGABLE.get(&tgid) }).copied() else {
         return 0;
     };
     // SAFETY: signals the current task; no memory is involved.
     unsafe { bpf_send_signal(SIGKILL) };
     let _ = UNTAGGABLE.remove(&tgid);
-    count(counter::UNTAGGABLE_KILLED);
+    let identity = marked & !UNTAGGABLE_SHARED_FILES;
+    let guard = if marked & UNTAGGABLE_SHARED_FILES != 0 {
+        protection::SHARED_FILES
+    } else {
+        count(counter::UNTAGGABLE_KILLED);
+        protection::CAPACITY
+    };
     let active = active_policy(identity);
     let facts = EventFacts {
         kind: EventKind::ProcessStart,
@@ -162,6 +192,6 @@ pub fn sys_exit_fork(_ctx: TracePointContext) -> u32 {
         related_tgid: tgid,
         detail: 0,
     };
-    emit(&facts, &protected_decision(protection::CAPACITY), &protected_enforcement(false), EventObject::None);
+    emit(&facts, &protected_decision(guard), &protected_enforcement(false), EventObject::None);
     0
 }

@@ -269,3 +269,37 @@ fn raw_and_packet_sockets_are_refused_unless_the_policy_allows_them() {
     let run = harness.probe_as("agent", &["connect", &listener.local_addr().expect("addr").to_string()]);
     assert!(run.succeeded(), "{run:?}");
 }
+
+#[test]
+fn a_process_sharing_the_descriptor_table_never_reads_a_descriptor_whose_opener_died() {
+    let dir = TestDir::new("clonefiles");
+    let secret = dir.file("secret/token", "SHARED-SECRET");
+    let mut spec = IdentitySpec::new("agent");
+    spec.files = vec![PathRuleSpec::file("secret", PathPattern::Directory(dir.path("secret/")), Verdict::Deny)];
+    let mut harness = Harness::start(vec![spec]);
+    let lsm = lsm_files(&harness);
+    // The harness reads the probe's stdout until every holder closes it: the
+    // child too, so this returns once both are gone.
+    let run = harness.probe_as("agent", &["clone-files-read", &secret]);
+    assert!(!run.stdout.contains("SHARED-SECRET"), "the secret reached a process: {run:?}");
+    if lsm {
+        assert!(run.stdout.lines().any(|line| line == "err 1"), "EPERM for the open: {run:?}");
+    } else {
+        assert!(run.killed(), "the opener is killed: {run:?}");
+    }
+    let child: u32 = run
+        .stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("child "))
+        .and_then(|pid| pid.trim().parse().ok())
+        .unwrap_or_else(|| panic!("the probe names its child: {run:?}"));
+    if !lsm {
+        // Without BPF LSM the open is killed after the descriptor exists: the
+        // sibling sharing the table is killed before it ever runs.
+        let event = harness.expect_event("the sibling's kill", |e| {
+            e.kind == EventKind::ProcessStart as u8 && e.related_tgid == child && e.rule_id == protection::SHARED_FILES
+        });
+        assert_eq!((event.decision, event.outcome), (DecisionSource::Protected as u8, Outcome::Killed as u8));
+        assert!(!run.stdout.contains("leaked"), "the sibling never ran: {run:?}");
+    }
+}

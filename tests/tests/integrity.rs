@@ -391,12 +391,13 @@ fn protections_name_each_protection_and_its_backend() {
             "rtid/capability",
             "rtid/user-namespace",
             "rtid/socket-kind",
+            "rtid/shared-files",
             "rtid/capacity"
         ]
     );
     let lsm = harness.kernel.backends().file == Backend::Lsm;
     for status in &protections {
-        let expected = if lsm || status.name == "rtid/capacity" {
+        let expected = if lsm || status.name == "rtid/capacity" || status.name == "rtid/shared-files" {
             ProtectionLevel::Enforced
         } else {
             ProtectionLevel::AfterTheFact

@@ -410,6 +410,17 @@ impl RtidKernel {
                 "killed at socket() entry; the socket is made, the caller dies before it returns",
             ),
             status(
+                protection::SHARED_FILES,
+                true,
+                if lsm.file {
+                    "not needed: opens are refused before a descriptor exists"
+                } else {
+                    "a process sharing its parent's descriptor table without being its thread is killed before its \
+                     first instruction, so no sibling keeps the descriptor of an opener killed at open exit"
+                },
+                "",
+            ),
+            status(
                 protection::CAPACITY,
                 true,
                 "children the full process table cannot tag are killed before their first instruction",

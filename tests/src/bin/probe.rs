@@ -201,7 +201,7 @@ fn main() {
         | "create" | "raw-socket" | "mount-tmpfs" | "bind-mount" | "unshare-mount" | "unshare-user"
         | "open-by-handle" | "load-module" | "unix-connect-in" => report(integrity::act(arg(0).as_str(), &args[1..])),
         // Other names and routes to one object (tests/tests/aliases.rs).
-        "open-chain" | "memfd-exec" | "packet-socket" | "sendto-unspec" => {
+        "open-chain" | "memfd-exec" | "packet-socket" | "sendto-unspec" | "clone-files-read" => {
             report(aliases::act(arg(0).as_str(), &args[1..]))
         }
         // Launch hardening (tests/tests/hardening.rs): one raw call each.
@@ -476,6 +476,34 @@ mod aliases {
                         std::mem::size_of::<libc::sockaddr_in>() as u32,
                     );
                     check(sent as _).map(|n| format!("sent {n}"))
+                }
+                // clone-files-read PATH: a child made with CLONE_FILES (one
+                // descriptor table, two processes) waits for this process to
+                // be gone, then reads every descriptor it shares and prints
+                // what it got (`leaked ...`); this process prints `child PID`
+                // and opens PATH.
+                "clone-files-read" => {
+                    let parent = libc::getpid();
+                    let child = libc::syscall(libc::SYS_clone, libc::CLONE_FILES | libc::SIGCHLD, 0, 0, 0, 0);
+                    if child == 0 {
+                        while libc::getppid() == parent {
+                            std::thread::sleep(std::time::Duration::from_millis(10));
+                        }
+                        for fd in 3..64 {
+                            let mut buffer = [0u8; 256];
+                            let read = libc::pread(fd, buffer.as_mut_ptr() as *mut _, buffer.len(), 0);
+                            if read > 0 {
+                                let line =
+                                    format!("leaked {}\n", String::from_utf8_lossy(&buffer[..read as usize]).trim());
+                                libc::write(1, line.as_ptr() as *const _, line.len());
+                            }
+                        }
+                        libc::_exit(0);
+                    }
+                    check(child)?;
+                    println!("child {child}");
+                    std::io::Write::flush(&mut std::io::stdout())?;
+                    std::fs::read_to_string(&args[0]).map(|content| content.trim().to_string())
                 }
                 _ => Err(std::io::Error::from_raw_os_error(libc::EINVAL)),
             }
