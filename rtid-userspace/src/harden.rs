@@ -153,6 +153,10 @@ impl Hardening {
         }
         // The bpf() syscall reaches every program and map: never from an identity.
         rules.always(libc::SYS_bpf);
+        // io_uring submissions pass no syscall tracepoint: without BPF LSM an
+        // open or connect through one would not be judged. Programs fall back
+        // to plain syscalls when setup fails.
+        rules.always(libc::SYS_io_uring_setup);
         // kill(-1, sig) signals every process the caller may signal, the daemon among them.
         rules.when(libc::SYS_kill, vec![dword_eq(0, u32::MAX as u64)]);
         if let Some(daemon) = self.daemon_pid {

@@ -198,6 +198,8 @@ fn user_namespaces_and_mounts_are_refused() {
     // ENOSYS, and libc falls back to clone, which is judged.
     let run = probe_hardened(&mut harness, "agent", &hardening, &["clone3"]);
     assert_eq!(run.errno(), Some(libc::ENOSYS), "clone3: {run:?}");
+    let run = probe_hardened(&mut harness, "agent", &hardening, &["io-uring-setup"]);
+    assert_eq!(run.errno(), Some(EPERM), "io_uring_setup: {run:?}");
     let run = probe_hardened(&mut harness, "agent", &hardening, &["mount-tmpfs", &mount_point]);
     assert_eq!(run.errno(), Some(EPERM), "mount: {run:?}");
     let mounted = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();

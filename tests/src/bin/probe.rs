@@ -205,7 +205,9 @@ fn main() {
             report(aliases::act(arg(0).as_str(), &args[1..]))
         }
         // Launch hardening (tests/tests/hardening.rs): one raw call each.
-        "cap-raise" | "clone-newuser" | "clone3" | "pidfd-kill" => report(hardening::act(arg(0).as_str(), &args[1..])),
+        "cap-raise" | "clone-newuser" | "clone3" | "pidfd-kill" | "io-uring-setup" => {
+            report(hardening::act(arg(0).as_str(), &args[1..]))
+        }
         other => {
             eprintln!("rtid-probe: unknown action {other:?}");
             exit(2)
@@ -373,6 +375,12 @@ mod hardening {
                     check(pid, "cloned")
                 }
                 // clone3 with CLONE_NEWUSER.
+                // An io_uring instance: its submissions pass no syscall tracepoint.
+                "io-uring-setup" => {
+                    let mut params = [0u8; 120];
+                    let fd = libc::syscall(libc::SYS_io_uring_setup, 4, params.as_mut_ptr());
+                    if fd < 0 { Err(std::io::Error::last_os_error()) } else { Ok("io_uring".into()) }
+                }
                 "clone3" => {
                     let mut clone_args = [0u64; 11];
                     clone_args[0] = libc::CLONE_NEWUSER as u64;
